@@ -44,6 +44,8 @@ class Needs:
       statistics); gradient accumulation is then not equivalent to a larger batch, and the
       loss gathers across processes when run distributed.
     * ``extras``: names of per-example data fields the loss reads from ``LossInputs.extras``.
+    * ``mismatched_kl``: (unpaired data) log-probs of mismatched completions ``(x_i, y_{i-1})``
+      under policy and reference, for KTO's KL estimate (``LossInputs.kl_*_logps``).
     """
 
     reference: bool = True
@@ -52,6 +54,7 @@ class Needs:
     token_stats: Tuple[str, ...] = ()
     batch_coupled: bool = False
     extras: Tuple[str, ...] = ()
+    mismatched_kl: bool = False
 
     def __post_init__(self):
         if self.data not in DATA_KINDS:
@@ -67,6 +70,7 @@ class Needs:
             token_stats=tuple(sorted(set(self.token_stats) | set(other.token_stats))),
             batch_coupled=self.batch_coupled or other.batch_coupled,
             extras=tuple(sorted(set(self.extras) | set(other.extras))),
+            mismatched_kl=self.mismatched_kl or other.mismatched_kl,
         )
 
     def as_dict(self) -> Dict[str, Any]:
@@ -77,6 +81,7 @@ class Needs:
             "token_stats": list(self.token_stats),
             "batch_coupled": self.batch_coupled,
             "extras": list(self.extras),
+            "mismatched_kl": self.mismatched_kl,
         }
 
 

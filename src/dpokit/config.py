@@ -1,0 +1,327 @@
+"""One typed configuration for a run: YAML in, every key validated, clear errors out.
+
+    model:      what to train (local path or hub id) and how to load it
+    lora:       optional LoRA adapters (PEFT)
+    data:       where the preference data is and how it is tokenized
+    loss:       the objective: ``name`` (a registered loss or a sum like "dpo + 0.2*sft")
+                plus its hyperparameters; or ``components: [{name, weight, ...}]``
+    reference:  where reference log-probs come from
+    train:      optimisation, logging, evaluation and checkpoints
+
+Unknown keys, wrong types and impossible combinations fail here, before any model is loaded.
+``--set train.lr=1e-5`` style overrides are applied to the raw dict before validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = ""
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    attn_implementation: Optional[str] = None  # e.g. sdpa, eager, flash_attention_2
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    revision: Optional[str] = None
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+
+
+@dataclass
+class DataConfig:
+    train: Any = ""  # file path, hub id (or a datasets.Dataset in the Python API)
+    eval: Any = None
+    eval_fraction: float = 0.0  # held out from train when no eval set is given
+    kind: str = "pairs"  # pairs | unpaired
+    split: str = "train"
+    limit: Optional[int] = None
+    max_length: int = 512
+    max_prompt_length: Optional[int] = None
+    truncation_mode: str = "keep_end"
+    append_eos: bool = True
+    on_bad_content: str = "skip"  # skip | error (empty completions, chosen == rejected)
+    on_empty_completion: str = "skip"  # skip | error (prompt leaves no room within max_length)
+
+
+@dataclass
+class ReferenceConfig:
+    kind: str = "auto"  # auto | copy | path | lora_disabled | none
+    path: Optional[str] = None
+    precompute: bool = False  # compute reference log-probs once, cache on disk, free the model
+    cache_dir: Optional[str] = None  # default: ~/.cache/dpokit/reference
+    sync_every: int = 0  # TR-DPO: every N optimizer steps ref <- alpha*policy + (1-alpha)*ref
+    sync_alpha: float = 0.6
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/dpokit"
+    seed: int = 42
+    epochs: int = 1
+    max_steps: Optional[int] = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-7
+    weight_decay: float = 0.0
+    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    scheduler: str = "cosine"  # cosine | linear | constant
+    warmup_ratio: float = 0.1
+    warmup_steps: Optional[int] = None
+    max_grad_norm: Optional[float] = 1.0
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    layout: str = "padded"
+    chunk_size: int = 1024
+    group_by_length: bool = False
+    log_every: int = 1
+    eval_every: int = 0
+    eval_batch_size: Optional[int] = None
+    save_every: int = 0
+    keep_last: int = 2
+    max_bad_steps: int = 5  # consecutive non-finite steps before the run stops with a checkpoint
+    report_to: List[str] = field(default_factory=lambda: ["tensorboard"])
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: Dict[str, Any] = field(default_factory=lambda: {"name": "dpo", "beta": 0.1})
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "data.kind": ("pairs", "unpaired"),
+    "data.truncation_mode": ("keep_end", "keep_start"),
+    "data.on_bad_content": ("skip", "error"),
+    "data.on_empty_completion": ("skip", "error"),
+    "reference.kind": ("auto", "copy", "path", "lora_disabled", "none"),
+    "train.scheduler": ("cosine", "linear", "constant"),
+    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+}
+
+
+def _check_type(path: str, value: Any, annotation) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(path, value, inner[0])
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_check_type(f"{path}[{i}]", v, args[0] if args else Any) for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, raw: Any, path: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key '{path + '.' if path else ''}{key}'{hint}")
+    values = {}
+    for name in names:
+        if name not in raw:
+            continue
+        sub = f"{path}.{name}" if path else name
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            values[name] = _build(annotation, raw[name], sub)
+        else:
+            value = _check_type(sub, raw[name], annotation)
+            if sub in CHOICES and value not in CHOICES[sub]:
+                raise ConfigError(f"{sub}: {value!r} is not one of {', '.join(CHOICES[sub])}")
+            values[name] = value
+    return cls(**values)
+
+
+def _positive(path: str, value, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{path}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(config: Config) -> Config:
+    """Cross-field checks; builds the loss once so bad loss names or hyperparameters fail early."""
+    from .losses import get_loss
+
+    t, d, r = config.train, config.data, config.reference
+    if not config.model.name_or_path:
+        raise ConfigError("model.name_or_path: required (a local model directory or a hub id)")
+    if not d.train:
+        raise ConfigError("data.train: required (a .jsonl/.json/.parquet/.csv file or a hub dataset id)")
+    for path, value in (("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
+                        ("train.epochs", t.epochs), ("data.max_length", d.max_length),
+                        ("train.chunk_size", t.chunk_size), ("train.lr", t.lr), ("train.max_steps", t.max_steps),
+                        ("data.max_prompt_length", d.max_prompt_length), ("train.keep_last", t.keep_last),
+                        ("train.max_bad_steps", t.max_bad_steps)):
+        _positive(path, value)
+    for path, value in (("train.log_every", t.log_every), ("train.eval_every", t.eval_every),
+                        ("train.save_every", t.save_every), ("train.weight_decay", t.weight_decay),
+                        ("reference.sync_every", r.sync_every)):
+        _positive(path, value, allow_zero=True)
+    if not 0.0 <= d.eval_fraction < 1.0:
+        raise ConfigError(f"data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
+    if not 0.0 <= t.warmup_ratio <= 1.0:
+        raise ConfigError(f"train.warmup_ratio: must be in [0, 1], got {t.warmup_ratio}")
+    if not 0.0 < r.sync_alpha <= 1.0:
+        raise ConfigError(f"reference.sync_alpha: must be in (0, 1], got {r.sync_alpha}")
+    if len(t.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in t.adam_betas):
+        raise ConfigError(f"train.adam_betas: must be two numbers in [0, 1), got {t.adam_betas}")
+    from .layouts import LAYOUTS
+
+    if t.layout not in LAYOUTS:
+        raise ConfigError(f"train.layout: {t.layout!r} is not one of {', '.join(sorted(LAYOUTS))}")
+    try:
+        loss = build_loss(config.loss)
+    except (KeyError, ValueError, TypeError) as err:
+        raise ConfigError(f"loss: {err.args[0] if err.args else err}") from None
+    needs = loss.needs
+    if needs.data != d.kind and not (needs.data == "unpaired" and d.kind == "pairs"):
+        raise ConfigError(f"loss {loss.name!r} trains on {needs.data} data but data.kind is {d.kind!r}")
+    if not needs.reference and r.kind not in ("auto", "none"):
+        raise ConfigError(f"reference.kind: loss {loss.name!r} is reference-free; remove the reference "
+                          f"(kind: none) instead of {r.kind!r}")
+    if r.kind == "path" and not r.path:
+        raise ConfigError("reference.path: required when reference.kind is 'path'")
+    if r.path and r.kind not in ("path", "auto"):
+        raise ConfigError(f"reference.path is set but reference.kind is {r.kind!r}; use kind: path")
+    if r.kind == "lora_disabled" and not config.lora.enabled:
+        raise ConfigError("reference.kind 'lora_disabled' needs lora.enabled: true")
+    if needs.reference and r.kind == "none":
+        raise ConfigError(f"loss {loss.name!r} needs a reference model; reference.kind cannot be 'none'")
+    if r.precompute and "ref_kl" in needs.token_stats:
+        raise ConfigError(f"reference.precompute cannot serve loss {loss.name!r}: it needs the reference "
+                          "model's full next-token distributions (per-token KL), not cached log-probs")
+    if r.precompute and r.sync_every:
+        raise ConfigError("reference.precompute and reference.sync_every exclude each other: a synced "
+                          "reference changes, so its log-probs cannot be cached")
+    return config
+
+
+def build_loss(section: Dict[str, Any]):
+    """``{name: "dpo", beta: 0.1}`` or ``{components: [...], beta: ...}`` -> a loss callable."""
+    from .losses import get_loss
+
+    section = dict(section or {})
+    modifiers = section.pop("modifiers", None)
+    if "components" in section:
+        if "name" in section:
+            raise ValueError("give either 'name' or 'components', not both")
+        target = section.pop("components")
+    else:
+        if "name" not in section:
+            raise ValueError("'name' is required (e.g. name: dpo)")
+        target = section.pop("name")
+    loss = get_loss(target, **section)
+    if modifiers:
+        from . import losses
+
+        apply = getattr(losses, "apply_modifiers", None)
+        if apply is None:
+            raise ValueError("loss modifiers are not available in this version")
+        loss = apply(loss, modifiers)
+    return loss
+
+
+def set_by_path(raw: Dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, text = assignment.split("=", 1)
+    value = yaml.safe_load(text) if text.strip() else ""
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def from_dict(raw: Dict[str, Any], overrides: Sequence[str] = ()) -> Config:
+    raw = dict(raw or {})
+    for assignment in overrides:
+        set_by_path(raw, assignment)
+    config = _build(Config, raw, "")
+    if "loss" in raw and not isinstance(raw["loss"], dict):
+        raise ConfigError("loss: expected a mapping such as {name: dpo, beta: 0.1}")
+    return validate(config)
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, "r", encoding="utf-8") as handle:
+        try:
+            raw = yaml.safe_load(handle)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    try:
+        return from_dict(raw, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

@@ -1,0 +1,158 @@
+"""Turn parsed examples into token ids with prompt/completion boundaries.
+
+Prompt and completions are tokenized separately and concatenated (as TRL does), so every
+completion of a prompt shares exactly the same prompt ids (which the prompt-sharing layout relies
+on). The prompt gets the tokenizer's special tokens (BOS), each completion gets EOS appended.
+Message lists are rendered with the tokenizer's chat template; the completion is the part of the
+rendered conversation after the rendered prompt (with the generation prompt).
+
+Truncation (``max_length`` counts prompt + completion tokens):
+
+* ``max_prompt_length`` (optional) first shortens the prompt: ``keep_end`` (default) drops the
+  oldest prompt tokens and keeps the end (the latest turns); ``keep_start`` keeps the beginning.
+* each completion is then cut at the end so prompt + completion fits ``max_length``.
+* an example whose completion would be cut away entirely (the prompt alone fills
+  ``max_length``) is never trained on: it is reported and skipped, or, with
+  ``on_empty_completion="error"``, stops the run naming the record.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .formats import DataError, PreferencePair, UnpairedExample
+
+logger = logging.getLogger(__name__)
+
+TRUNCATION_MODES = ("keep_end", "keep_start")
+
+
+@dataclass
+class TokenizedExample:
+    """One prompt with its completions (pairs: ``[chosen, rejected]``; unpaired: one)."""
+
+    index: int
+    prompt_ids: List[int]
+    completions: List[List[int]]
+    label: Optional[bool] = None
+    extras: Dict[str, Any] = field(default_factory=dict)
+    location: str = ""
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(self.prompt_ids) + len(c) for c in self.completions)
+
+
+@dataclass
+class TruncationReport:
+    total: int = 0
+    prompt_truncated: int = 0
+    completion_truncated: int = 0
+    dropped: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.total} examples: {self.prompt_truncated} prompts and {self.completion_truncated} "
+            f"completions truncated, {len(self.dropped)} dropped because the prompt left no room "
+            f"for the completion"
+        )
+
+
+def render(example, tokenizer) -> Tuple[str, List[str], bool]:
+    """Return ``(prompt_text, completion_texts, templated)`` for a parsed example."""
+    completions = [example.chosen, example.rejected] if isinstance(example, PreferencePair) else [example.completion]
+    prompt = example.prompt
+    if all(isinstance(c, str) for c in completions) and isinstance(prompt, str):
+        return prompt, list(completions), False
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(example.location, "prompt", "is a message list but the tokenizer has no chat template",
+                        "set tokenizer.chat_template or give text fields")
+    prompt_messages = prompt if isinstance(prompt, list) else ([{"role": "user", "content": prompt}] if prompt else [])
+    prompt_text = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
+    texts = []
+    for completion in completions:
+        messages = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+        full = tokenizer.apply_chat_template(prompt_messages + messages, tokenize=False)
+        if not full.startswith(prompt_text):
+            raise DataError(example.location, "chosen", "the chat template does not render the prompt as a prefix "
+                            "of the conversation, so the completion boundary is undefined")
+        texts.append(full[len(prompt_text):])
+    return prompt_text, texts, True
+
+
+def _truncate(ids: List[int], limit: int, keep_end: bool) -> List[int]:
+    if len(ids) <= limit:
+        return ids
+    return ids[len(ids) - limit:] if keep_end else ids[:limit]
+
+
+def tokenize_examples(
+    examples: Sequence,
+    tokenizer,
+    max_length: int = 512,
+    max_prompt_length: Optional[int] = None,
+    truncation_mode: str = "keep_end",
+    append_eos: bool = True,
+    on_empty_completion: str = "skip",
+) -> Tuple[List[TokenizedExample], TruncationReport]:
+    if truncation_mode not in TRUNCATION_MODES:
+        raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
+    if on_empty_completion not in ("skip", "error"):
+        raise ValueError(f"on_empty_completion must be 'skip' or 'error', got {on_empty_completion!r}")
+    eos = tokenizer.eos_token_id
+    if append_eos and eos is None:
+        raise ValueError("the tokenizer has no eos_token_id; set one or use append_eos: false")
+
+    rendered = [render(ex, tokenizer) for ex in examples]
+    # templated prompts already carry the template's special tokens; plain text gets BOS
+    prompt_ids_all: List[List[int]] = [[] for _ in rendered]
+    for templated in (False, True):
+        positions = [i for i, (_, _, t) in enumerate(rendered) if t == templated]
+        if positions:
+            ids = tokenizer([rendered[i][0] for i in positions], add_special_tokens=not templated)["input_ids"]
+            for i, row in zip(positions, ids):
+                prompt_ids_all[i] = row
+    flat_completions = [c for _, comps, _ in rendered for c in comps]
+    completion_ids_flat = tokenizer(flat_completions, add_special_tokens=False)["input_ids"] if flat_completions else []
+
+    report = TruncationReport(total=len(examples))
+    out: List[TokenizedExample] = []
+    cursor = 0
+    keep_end = truncation_mode == "keep_end"
+    for i, (example, (_, comps, _)) in enumerate(zip(examples, rendered)):
+        prompt_ids = list(prompt_ids_all[i])
+        completions = []
+        for _ in comps:
+            ids = list(completion_ids_flat[cursor])
+            cursor += 1
+            if append_eos and (not ids or ids[-1] != eos):
+                ids.append(eos)
+            completions.append(ids)
+        if not prompt_ids:
+            raise DataError(example.location, "prompt", "tokenizes to no tokens and the tokenizer adds no BOS, so "
+                            "the first completion token has nothing to be predicted from",
+                            "give the tokenizer a bos_token or a non-empty prompt")
+        if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+            prompt_ids = _truncate(prompt_ids, max_prompt_length, keep_end)
+            report.prompt_truncated += 1
+        room = max_length - len(prompt_ids)
+        if room <= 0:
+            message = (f"prompt has {len(prompt_ids)} tokens, which leaves no room for the completion "
+                       f"within max_length={max_length}")
+            if on_empty_completion == "error":
+                raise DataError(example.location, "prompt", message,
+                                "raise max_length, set max_prompt_length, or use on_empty_completion: skip")
+            report.dropped.append(example.location)
+            continue
+        if any(len(c) > room for c in completions):
+            report.completion_truncated += 1
+            completions = [c[:room] for c in completions]
+        label = example.label if isinstance(example, UnpairedExample) else None
+        out.append(TokenizedExample(i, prompt_ids, completions, label, dict(example.extras), example.location))
+    if report.dropped:
+        shown = ", ".join(report.dropped[:5]) + (" ..." if len(report.dropped) > 5 else "")
+        logger.warning("dropped %d example(s) whose completion was truncated away entirely: %s",
+                       len(report.dropped), shown)
+    return out, report

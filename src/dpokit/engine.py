@@ -1,0 +1,123 @@
+"""From a batch and models to :class:`~dpokit.losses.LossInputs`.
+
+The engine computes exactly what the loss declares in its ``Needs``: reference log-probs only for
+losses that use a reference, per-vocabulary statistics only when asked for, the KTO mismatched
+batch only for losses that read it. The layout (padded, packed, prompt-shared) is a config switch.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+from .data.collate import Batch
+from .layouts import get_layout
+from .logprobs import Group, TokenLogprobs, logit_transform, project_selected, scatter_rows, split_model
+from .losses import LossInputs, Needs
+
+
+class LogProbEngine:
+    def __init__(self, needs: Needs, pad_token_id: int, layout: str = "padded", chunk_size: int = 1024):
+        self.needs = needs
+        self.pad_token_id = pad_token_id
+        self.layout_name = layout
+        self.layout = get_layout(layout)
+        self.chunk_size = chunk_size
+
+    # -- raw log-probs ------------------------------------------------------------------------
+    def hidden(self, model, groups: Sequence[Group]):
+        backbone, lm_head = split_model(model)
+        hidden, targets, lengths = self.layout(backbone, groups, self.pad_token_id, lm_head.weight.device)
+        return hidden, targets, lengths, lm_head
+
+    def token_logprobs(
+        self,
+        model,
+        groups: Sequence[Group],
+        stats: Sequence[str] = (),
+        reference=None,
+    ) -> TokenLogprobs:
+        """Per-token completion log-probs of ``model`` for every row of ``groups``.
+
+        ``reference`` (a :mod:`dpokit.reference` object) is used only for the ``ref_kl`` statistic.
+        """
+        hidden, targets, lengths, lm_head = self.hidden(model, groups)
+        ref_hidden = ref_head = None
+        if "ref_kl" in stats:
+            if reference is None or not reference.has_model:
+                raise ValueError("this loss needs per-token KL to the reference, which needs a reference "
+                                 "model (not precomputed reference log-probs)")
+            with torch.no_grad():
+                ref_hidden, ref_head = reference.selected_hidden(self, groups)
+        out = project_selected(hidden, targets, lm_head, stats, self.chunk_size, logit_transform(model),
+                               ref_hidden, ref_head)
+        token_logps, mask = scatter_rows(out["logps"], lengths)
+        return TokenLogprobs(token_logps, mask, {k: scatter_rows(out[k], lengths)[0] for k in stats})
+
+    # -- loss inputs --------------------------------------------------------------------------
+    def loss_inputs(self, policy, batch: Batch, reference=None) -> LossInputs:
+        needs = self.needs
+        if needs.reference and reference is None:
+            raise ValueError("this loss needs a reference model but none is configured")
+        policy_lp = self.token_logprobs(policy, batch.groups, needs.token_stats, reference)
+        ref_lp = reference.token_logprobs(self, batch) if needs.reference else None
+        if batch.kind == "pairs":
+            inputs = _pair_inputs(policy_lp, ref_lp)
+        elif batch.kind == "unpaired":
+            inputs = _unpaired_inputs(policy_lp, ref_lp, batch.labels)
+            if needs.mismatched_kl:
+                inputs = self._with_mismatched_kl(policy, batch, reference, inputs)
+        else:
+            raise ValueError(f"batch kind {batch.kind!r} is not supported by this engine")
+        inputs.extras = {k: v.to(policy_lp.token_logps.device) for k, v in batch.extras.items()}
+        return inputs
+
+    def _with_mismatched_kl(self, policy, batch: Batch, reference, inputs: LossInputs) -> LossInputs:
+        """KTO's KL batch: prompt i with completion i-1 (rotated by one), without gradients."""
+        n = len(batch.groups)
+        mismatched = [(batch.groups[i][0], batch.groups[(i - 1) % n][1]) for i in range(n)]
+        mismatched_batch = Batch(batch.kind, mismatched, batch.index, batch.labels)
+        with torch.no_grad():
+            kl_policy = self.token_logprobs(policy, mismatched).sums
+            kl_reference = reference.token_logprobs(self, mismatched_batch, cache=False).sums if reference else None
+        return inputs.replace(kl_policy_logps=kl_policy, kl_reference_logps=kl_reference)
+
+
+def _split(lp: Optional[TokenLogprobs], stride: int, offset: int) -> Optional[TokenLogprobs]:
+    return None if lp is None else lp.rows(slice(offset, None, stride))
+
+
+def _pair_inputs(policy: TokenLogprobs, reference: Optional[TokenLogprobs]) -> LossInputs:
+    pc, pr = _split(policy, 2, 0), _split(policy, 2, 1)
+    rc, rr = _split(reference, 2, 0), _split(reference, 2, 1)
+    stats: Dict[str, torch.Tensor] = {}
+    for name in policy.stats:
+        stats[f"chosen/{name}"] = pc.stats[name]
+        stats[f"rejected/{name}"] = pr.stats[name]
+    dtype = pc.token_logps.dtype
+    return LossInputs(
+        policy_chosen_logps=pc.sums,
+        policy_rejected_logps=pr.sums,
+        reference_chosen_logps=None if rc is None else rc.sums,
+        reference_rejected_logps=None if rr is None else rr.sums,
+        chosen_lengths=pc.lengths.to(dtype),
+        rejected_lengths=pr.lengths.to(dtype),
+        policy_chosen_token_logps=pc.token_logps,
+        policy_rejected_token_logps=pr.token_logps,
+        reference_chosen_token_logps=None if rc is None else rc.token_logps,
+        reference_rejected_token_logps=None if rr is None else rr.token_logps,
+        chosen_token_mask=pc.mask,
+        rejected_token_mask=pr.mask,
+        token_stats=stats,
+    )
+
+
+def _unpaired_inputs(policy: TokenLogprobs, reference: Optional[TokenLogprobs], labels) -> LossInputs:
+    return LossInputs(
+        policy_logps=policy.sums,
+        reference_logps=None if reference is None else reference.sums,
+        lengths=policy.lengths.to(policy.token_logps.dtype),
+        labels=labels.to(policy.token_logps.device),
+        token_stats=dict(policy.stats),
+    )

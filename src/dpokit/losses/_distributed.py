@@ -1,0 +1,95 @@
+"""Cross-process helpers for batch-coupled losses (AOT, beta-DPO, KTO, BCO).
+
+Every helper is a no-op on one process, and only talks to other processes when
+``torch.distributed.is_available() and is_initialized()`` and the world size is above 1.
+Batches may differ in size across processes (the last batch of an epoch): sizes are gathered
+first and shorter batches padded, then trimmed.
+
+* :func:`gather_detached` gathers statistics that need no gradient (margins, rewards).
+* :func:`gather_with_grad` gathers with ``torch.distributed.nn.functional.all_gather`` so the
+  gradient of a loss computed on the global batch flows back to every process's own examples
+  (AOT sorts the global batch).
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+import torch.distributed as dist
+
+Tensor = torch.Tensor
+
+
+def is_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_active() else 0
+
+
+def _gather_sizes(t: Tensor) -> List[int]:
+    n = torch.tensor([t.shape[0]], device=t.device, dtype=torch.long)
+    out = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, n)
+    return [int(x.item()) for x in out]
+
+
+def _pad_to(t: Tensor, n: int) -> Tensor:
+    if t.shape[0] == n:
+        return t.contiguous()
+    pad = t.new_zeros((n - t.shape[0],) + tuple(t.shape[1:]))
+    return torch.cat([t, pad], dim=0).contiguous()
+
+
+def gather_detached(t: Tensor) -> Tensor:
+    """Concatenate ``t`` (detached) from every process along dim 0, in rank order."""
+    t = t.detach()
+    if not is_active():
+        return t
+    sizes = _gather_sizes(t)
+    padded = _pad_to(t, max(sizes))
+    buffers = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(buffers, padded)
+    return torch.cat([b[:s] for b, s in zip(buffers, sizes)], dim=0)
+
+
+def gather_with_grad(t: Tensor) -> Tuple[Tensor, int]:
+    """Concatenate ``t`` from every process with autograd; returns (gathered, offset of ours)."""
+    if not is_active():
+        return t, 0
+    from torch.distributed.nn.functional import all_gather as differentiable_all_gather
+
+    sizes = _gather_sizes(t)
+    parts = differentiable_all_gather(_pad_to(t, max(sizes)))
+    gathered = torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0)
+    return gathered, sum(sizes[: rank()])
+
+
+def global_sum_and_count(t: Tensor) -> Tuple[Tensor, Tensor]:
+    """Detached sum of all elements of ``t`` and their number, over every process."""
+    t = t.detach()
+    stats = torch.stack([t.sum().to(torch.float64), torch.tensor(float(t.numel()), dtype=torch.float64,
+                                                                  device=t.device)])
+    if is_active():
+        dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+    return stats[0], stats[1]
+
+
+def global_mean(t: Tensor) -> Tensor:
+    """Detached mean of all elements of ``t`` over every process (0 when there are none)."""
+    total, count = global_sum_and_count(t)
+    return (total / count.clamp_min(1)).to(t.dtype)
+
+
+def broadcast_from_first(t: Tensor) -> Tensor:
+    """Give every process rank 0's copy of ``t`` (for random choices that must agree)."""
+    if is_active():
+        t = t.contiguous()
+        dist.broadcast(t, src=0)
+    return t

@@ -1,0 +1,78 @@
+"""Loading policies, references and tokenizers through ``transformers`` and ``peft``.
+
+Security defaults: ``trust_remote_code`` is False unless the config says otherwise, and weights are
+loaded only from safetensors files (``use_safetensors=True``): a checkpoint that ships only pickled
+``.bin`` weights is refused with an explanation rather than unpickled.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+from .config import Config, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: Optional[str] = None):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"{name_or_path}: the tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str, cfg: ModelConfig):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}
+    if cfg.dtype != "auto":
+        kwargs["dtype"] = DTYPES[cfg.dtype]
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.revision:
+        kwargs["revision"] = cfg.revision
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except OSError as err:
+        if "safetensors" in str(err).lower():
+            raise OSError(f"{name_or_path}: no safetensors weights found. dpokit does not unpickle .bin "
+                          "weights; convert them to safetensors first.") from err
+        raise
+    return model
+
+
+def apply_lora(model, cfg: Config):
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.lora
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def load_policy(cfg: Config):
+    """Policy model (with LoRA when enabled) and its tokenizer."""
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code, cfg.model.revision)
+    model = load_causal_lm(cfg.model.name_or_path, cfg.model)
+    model.config.use_cache = False
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora.enabled:
+            model.enable_input_require_grads()
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg)
+    return model, tokenizer

@@ -1,0 +1,200 @@
+"""Atomic, verified checkpoints.
+
+A checkpoint is a directory ``checkpoints/step-000120/`` holding:
+
+* ``model.safetensors``: the trainable state (full weights, or only the LoRA adapter weights),
+* ``optimizer.pt``, ``scheduler.pt``, ``extra.pt``: optimizer/scheduler/loss state and torch RNG
+  states, read back with ``torch.load(weights_only=True)``,
+* ``trainer_state.json``: step, epoch, position in the epoch, Python/NumPy RNG states,
+* ``manifest.json`` (written last): size and BLAKE2 digest of every file.
+
+It is written into a temporary sibling directory, flushed to disk, then renamed into place, so a
+crash or a full disk while saving leaves the previous checkpoint intact; on load the manifest is
+checked and a damaged checkpoint is refused (the loader falls back to the previous one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _digest(path: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def trainable_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """Parameters that train (all, or the LoRA ones), contiguous and de-duplicated for safetensors."""
+    state = {}
+    seen = set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.data_ptr() in seen:
+            continue
+        seen.add(param.data_ptr())
+        state[name] = param.detach().cpu().contiguous()
+    return state
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state()}
+    return {
+        "python": [state["python"][0], list(state["python"][1]), state["python"][2]],
+        "numpy": [state["numpy"][0], state["numpy"][1].tolist(), *state["numpy"][2:]],
+    }
+
+
+def restore_rng(state: Dict[str, Any], torch_states: Dict[str, torch.Tensor]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npy = state["numpy"]
+    np.random.set_state((npy[0], np.array(npy[1], dtype=np.uint32), *npy[2:]))
+    torch.set_rng_state(torch_states["cpu"])
+    if torch.cuda.is_available() and "cuda" in torch_states:
+        cuda = torch_states["cuda"]
+        torch.cuda.set_rng_state_all([cuda[i] for i in range(cuda.shape[0])])
+
+
+def save_checkpoint(
+    directory: str,
+    step: int,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    trainer_state: Dict[str, Any],
+    loss_state: Optional[Dict[str, Any]] = None,
+    keep_last: int = 2,
+) -> str:
+    os.makedirs(directory, exist_ok=True)
+    final = os.path.join(directory, f"step-{step:06d}")
+    tmp = os.path.join(directory, f".tmp-step-{step:06d}-{os.getpid()}")
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    try:
+        save_file(trainable_state(model), os.path.join(tmp, "model.safetensors"))
+        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+        torch_states = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            torch_states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        torch.save({"rng": torch_states, "loss": loss_state or {}}, os.path.join(tmp, "extra.pt"))
+        state = dict(trainer_state, step=step, rng=rng_state())
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as handle:
+            json.dump(state, handle)
+        manifest = {name: {"size": os.path.getsize(os.path.join(tmp, name)), "blake2b": _digest(os.path.join(tmp, name))}
+                    for name in sorted(os.listdir(tmp))}
+        with open(os.path.join(tmp, "manifest.json"), "w") as handle:
+            json.dump(manifest, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        for name in os.listdir(tmp):
+            with open(os.path.join(tmp, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(tmp)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    rotate(directory, keep_last)
+    return final
+
+
+def list_checkpoints(directory: str) -> List[str]:
+    if not os.path.isdir(directory):
+        return []
+    found = []
+    for name in os.listdir(directory):
+        match = STEP_DIR.match(name)
+        if match:
+            found.append((int(match.group(1)), os.path.join(directory, name)))
+    return [path for _, path in sorted(found)]
+
+
+def rotate(directory: str, keep_last: int) -> None:
+    for path in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def verify(path: str) -> None:
+    manifest_path = os.path.join(path, "manifest.json")
+    if not os.path.exists(manifest_path):
+        raise CheckpointError(f"{path}: no manifest.json (incomplete checkpoint)")
+    with open(manifest_path) as handle:
+        manifest = json.load(handle)
+    for name, entry in manifest.items():
+        file = os.path.join(path, name)
+        if not os.path.exists(file):
+            raise CheckpointError(f"{path}: {name} is missing")
+        if os.path.getsize(file) != entry["size"] or _digest(file) != entry["blake2b"]:
+            raise CheckpointError(f"{path}: {name} does not match its manifest (damaged checkpoint)")
+
+
+def latest_valid_checkpoint(directory: str) -> Optional[str]:
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            verify(path)
+            return path
+        except CheckpointError as err:
+            logger.warning("skipping checkpoint: %s", err)
+    return None
+
+
+def load_checkpoint(path: str, model, optimizer, scheduler) -> Dict[str, Any]:
+    """Restore model/optimizer/scheduler/RNG in place; returns the trainer state (with ``loss_state``)."""
+    verify(path)
+    weights = load_file(os.path.join(path, "model.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [name for name in weights if name not in params]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint has parameters the model lacks, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
+    extra = torch.load(os.path.join(path, "extra.pt"), weights_only=True)
+    with open(os.path.join(path, "trainer_state.json")) as handle:
+        state = json.load(handle)
+    restore_rng(state["rng"], extra["rng"])
+    state["loss_state"] = extra.get("loss", {})
+    return state
