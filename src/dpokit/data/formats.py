@@ -349,6 +349,8 @@ def load_examples(source: Any, kind: str = "pairs", split: str = "train", limit:
 def _parse_record(location: str, record: Dict[str, Any], kind: str) -> list:
     found = detect_kind(record)
     if kind == "pairs":
+        if found != "pairs" and ("chosen" in record or "rejected" in record):
+            return [parse_pair(location, record)]  # names the missing field
         if found != "pairs":
             raise DataError(location, None, f"expected a preference pair with 'chosen' and 'rejected', "
                             f"got fields {sorted(record)}")

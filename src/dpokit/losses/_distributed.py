@@ -49,14 +49,19 @@ def _pad_to(t: Tensor, n: int) -> Tensor:
 
 def gather_detached(t: Tensor) -> Tensor:
     """Concatenate ``t`` (detached) from every process along dim 0, in rank order."""
+    return gather_detached_with_offset(t)[0]
+
+
+def gather_detached_with_offset(t: Tensor) -> Tuple[Tensor, int]:
+    """Like :func:`gather_detached`, also returning where this process's rows start."""
     t = t.detach()
     if not is_active():
-        return t
+        return t, 0
     sizes = _gather_sizes(t)
     padded = _pad_to(t, max(sizes))
     buffers = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(buffers, padded)
-    return torch.cat([b[:s] for b, s in zip(buffers, sizes)], dim=0)
+    return torch.cat([b[:s] for b, s in zip(buffers, sizes)], dim=0), sum(sizes[: rank()])
 
 
 def gather_with_grad(t: Tensor) -> Tuple[Tensor, int]:
@@ -93,3 +98,31 @@ def broadcast_from_first(t: Tensor) -> Tensor:
         t = t.contiguous()
         dist.broadcast(t, src=0)
     return t
+
+
+class RunningMean:
+    """Mean of every value seen so far (over all processes), checkpointable.
+
+    ``update`` adds a batch of values (detached) to the running sum and count; the mean of an empty
+    history is 0. Used for BCO's reward shift ``delta``.
+    """
+
+    def __init__(self):
+        self.mean = 0.0
+        self.count = 0.0
+
+    def update(self, values: Tensor) -> None:
+        total, count = global_sum_and_count(values)
+        total, count = float(total), float(count)
+        if count <= 0:
+            return
+        new_count = self.count + count
+        self.mean = self.mean + (total - self.mean * count) / new_count
+        self.count = new_count
+
+    def state_dict(self):
+        return {"mean": self.mean, "count": self.count}
+
+    def load_state_dict(self, state) -> None:
+        self.mean = float(state["mean"])
+        self.count = float(state["count"])

@@ -85,15 +85,14 @@ class LossInputs:
         return self.reference_chosen_logps is not None and self.reference_rejected_logps is not None
 
     def chosen_logratios(self) -> Tensor:
-        """r(y_w) = lp(y_w) - lr(y_w); equals lp(y_w) when there is no reference."""
-        self.require("policy_chosen_logps")
-        ref = self.reference_chosen_logps
-        return self.policy_chosen_logps - (ref if ref is not None else 0.0)
+        """r(y_w) = lp(y_w) - lr(y_w) (a reference is required; reference-free losses use lp)."""
+        self.require("policy_chosen_logps", "reference_chosen_logps")
+        return self.policy_chosen_logps - self.reference_chosen_logps
 
     def rejected_logratios(self) -> Tensor:
-        self.require("policy_rejected_logps")
-        ref = self.reference_rejected_logps
-        return self.policy_rejected_logps - (ref if ref is not None else 0.0)
+        """r(y_l) = lp(y_l) - lr(y_l)."""
+        self.require("policy_rejected_logps", "reference_rejected_logps")
+        return self.policy_rejected_logps - self.reference_rejected_logps
 
     def margin(self) -> Tensor:
         """The DPO margin h = r(y_w) - r(y_l)."""

@@ -17,7 +17,9 @@ from .registry import Needs, register_loss
 def sft_loss(inputs: LossInputs, length_normalize: bool = True) -> LossOutput:
     """SFT term: ``L = -lp(y_w)/|y_w|`` (token mean, TRL's ``sft``) or ``-lp(y_w)`` (sum).
 
-    Compose it with a preference loss, e.g. ``"dpo + 0.2*sft"``.
+    Compose it with a preference loss, e.g. ``"dpo + 0.2*sft"``. TRL pools the token mean over all
+    chosen tokens of the batch; this averages per example first (equal when lengths are equal).
+    Source: negative log-likelihood of the chosen completion; TRL ``loss_type="sft"``.
     """
     if length_normalize:
         nll = -inputs.mean_logps("chosen")

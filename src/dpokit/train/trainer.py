@@ -33,7 +33,7 @@ from ..data.formats import LoadReport
 from ..engine import LogProbEngine
 from ..losses import LossInputs
 from ..models import load_causal_lm, load_policy
-from ..reference import AdapterDisabledReference, CachedReference, ModelReference, fingerprint_model
+from ..reference import AdapterDisabledReference, CachedReference, ModelReference
 from . import checkpoint as ckpt
 from .logging import MetricsLog, available_trackers, format_metrics
 
@@ -244,7 +244,7 @@ class Trainer:
                 if self.state["micro"] >= len(micro_batches):
                     self.state["epoch"] += 1
                     self.state["micro"] = 0
-            if self.eval_examples:
+            if self.eval_examples and not (t.eval_every and self.state["step"] % t.eval_every == 0):
                 self._log(dict(self.evaluate(), step=self.state["step"]))
             self.save_checkpoint()
             self.save_final()

@@ -1,0 +1,1 @@
+"""Evaluation: implicit-reward metrics on pairs, generation-based metrics, diagnostics."""

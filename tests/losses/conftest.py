@@ -1,0 +1,146 @@
+"""Shared builders for loss tests: random LossInputs that match a loss's Needs, and NumPy helpers.
+
+``make_inputs`` fills exactly the fields a loss may read according to its ``Needs`` (so a loss that
+reads an undeclared field fails the registry-wide test), with paired sums consistent with the
+per-token tensors. ``make_full_inputs`` fills everything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dpokit.losses import LossInputs, Needs
+
+EXTRA_KEYS = (
+    "chosen_token_weights",
+    "rejected_token_weights",
+    "rm_margin",
+    "modpo_chosen_scores",
+    "modpo_rejected_scores",
+    "win_prob_chosen",
+    "win_prob_rejected",
+    "udm_weight",
+)
+TOKEN_STATS = ("ref_kl", "sum_p2", "entropy")
+
+
+def _token_logps(gen, batch, T, lengths, dtype):
+    mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    values = -(0.05 + 3.0 * torch.rand(batch, T, generator=gen, dtype=dtype))
+    return values * mask.to(dtype), mask
+
+
+def make_full_inputs(batch: int = 4, T: int = 6, seed: int = 0, dtype=torch.float64, K: int = 3) -> LossInputs:
+    gen = torch.Generator().manual_seed(seed)
+    len_w = torch.randint(1, T + 1, (batch,), generator=gen)
+    len_l = torch.randint(1, T + 1, (batch,), generator=gen)
+    len_w[0], len_l[0] = T, max(1, T // 2)  # at least one pair of unequal lengths
+    ptw, m_w = _token_logps(gen, batch, T, len_w, dtype)
+    ptl, m_l = _token_logps(gen, batch, T, len_l, dtype)
+    rtw, _ = _token_logps(gen, batch, T, len_w, dtype)
+    rtl, _ = _token_logps(gen, batch, T, len_l, dtype)
+    stats = {}
+    for which, m in (("chosen", m_w), ("rejected", m_l)):
+        md = m.to(dtype)
+        stats[f"{which}/ref_kl"] = 0.3 * torch.rand(batch, T, generator=gen, dtype=dtype) * md
+        stats[f"{which}/sum_p2"] = (0.05 + 0.9 * torch.rand(batch, T, generator=gen, dtype=dtype)) * md
+        stats[f"{which}/entropy"] = 2.0 * torch.rand(batch, T, generator=gen, dtype=dtype) * md
+    extras = {
+        "chosen_token_weights": (0.5 + torch.rand(batch, T, generator=gen, dtype=dtype)) * m_w.to(dtype),
+        "rejected_token_weights": (0.5 + torch.rand(batch, T, generator=gen, dtype=dtype)) * m_l.to(dtype),
+        "rm_margin": 8.0 * torch.rand(batch, generator=gen, dtype=dtype) - 4.0,
+        "modpo_chosen_scores": torch.randn(batch, 1, generator=gen, dtype=dtype),
+        "modpo_rejected_scores": torch.randn(batch, 1, generator=gen, dtype=dtype),
+        "win_prob_chosen": 0.5 + 0.5 * torch.rand(batch, generator=gen, dtype=dtype),
+        "win_prob_rejected": 0.5 * torch.rand(batch, generator=gen, dtype=dtype),
+        "udm_weight": 12.0 * torch.rand(batch, generator=gen, dtype=dtype),
+    }
+    labels = torch.tensor([i % 2 == 0 for i in range(batch)])
+    labels[-1] = not labels[0]
+    list_mask = torch.ones(batch, K, dtype=torch.bool)
+    list_mask[0, -1] = False
+    return LossInputs(
+        policy_chosen_logps=ptw.sum(-1),
+        policy_rejected_logps=ptl.sum(-1),
+        reference_chosen_logps=rtw.sum(-1),
+        reference_rejected_logps=rtl.sum(-1),
+        chosen_lengths=len_w.to(dtype),
+        rejected_lengths=len_l.to(dtype),
+        policy_chosen_token_logps=ptw,
+        policy_rejected_token_logps=ptl,
+        reference_chosen_token_logps=rtw,
+        reference_rejected_token_logps=rtl,
+        chosen_token_mask=m_w,
+        rejected_token_mask=m_l,
+        token_stats=stats,
+        list_policy_logps=-5 * torch.rand(batch, K, generator=gen, dtype=dtype),
+        list_reference_logps=-5 * torch.rand(batch, K, generator=gen, dtype=dtype),
+        list_lengths=torch.randint(1, T + 1, (batch, K), generator=gen).to(dtype),
+        list_scores=torch.rand(batch, K, generator=gen, dtype=dtype),
+        list_mask=list_mask,
+        policy_logps=-10 * torch.rand(batch, generator=gen, dtype=dtype),
+        reference_logps=-10 * torch.rand(batch, generator=gen, dtype=dtype),
+        lengths=torch.randint(1, T + 1, (batch,), generator=gen).to(dtype),
+        labels=labels,
+        kl_policy_logps=-10 * torch.rand(batch, generator=gen, dtype=dtype),
+        kl_reference_logps=-10 * torch.rand(batch, generator=gen, dtype=dtype),
+        extras=extras,
+    )
+
+
+_PAIR_FIELDS = ("policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps",
+                "reference_rejected_logps", "chosen_lengths", "rejected_lengths")
+_TOKEN_FIELDS = ("policy_chosen_token_logps", "policy_rejected_token_logps", "reference_chosen_token_logps",
+                 "reference_rejected_token_logps", "chosen_token_mask", "rejected_token_mask")
+_LIST_FIELDS = ("list_policy_logps", "list_reference_logps", "list_lengths", "list_scores", "list_mask")
+_UNPAIRED_FIELDS = ("policy_logps", "reference_logps", "lengths", "labels")
+_KL_FIELDS = ("kl_policy_logps", "kl_reference_logps")
+_REFERENCE_FIELDS = ("reference_chosen_logps", "reference_rejected_logps", "reference_chosen_token_logps",
+                     "reference_rejected_token_logps", "list_reference_logps", "reference_logps",
+                     "kl_reference_logps")
+
+
+def make_inputs(needs: Needs, batch: int = 4, T: int = 6, seed: int = 0, dtype=torch.float64) -> LossInputs:
+    """Random LossInputs holding only what ``needs`` declares (everything a loss may read)."""
+    full = make_full_inputs(batch, T, seed, dtype)
+    keep = set()
+    if needs.data == "pairs":
+        keep.update(_PAIR_FIELDS)
+        # Per-token tensors only when declared: a loss must not rely on fields it did not ask for.
+        if needs.token_logps:
+            keep.update(_TOKEN_FIELDS)
+    elif needs.data == "unpaired":
+        keep.update(_UNPAIRED_FIELDS)
+        if needs.mismatched_kl:
+            keep.update(_KL_FIELDS)
+    else:
+        keep.update(_LIST_FIELDS)
+    if not needs.reference:
+        keep -= set(_REFERENCE_FIELDS)
+    changes = {}
+    for name in _PAIR_FIELDS + _TOKEN_FIELDS + _LIST_FIELDS + _UNPAIRED_FIELDS + _KL_FIELDS:
+        if name not in keep:
+            changes[name] = None
+    prefixes = ("chosen", "rejected") if needs.data == "pairs" else ()
+    changes["token_stats"] = {f"{p}/{s}": full.token_stats[f"{p}/{s}"] for p in prefixes for s in needs.token_stats}
+    changes["extras"] = {k: full.extras[k] for k in needs.extras}
+    return full.replace(**changes)
+
+
+def to_numpy(t):
+    return None if t is None else t.detach().cpu().numpy().astype(np.float64)
+
+
+def np_logsig(x):
+    return -np.logaddexp(0.0, -np.asarray(x, dtype=np.float64))
+
+
+def np_sig(x):
+    return np.exp(np_logsig(x))
+
+
+@pytest.fixture
+def full_inputs():
+    return make_full_inputs()
