@@ -1,4 +1,4 @@
-"""`dpokit` command line: train | demo | eval | losses | bench."""
+"""`dpokit` command line: train | demo | eval | losses | bench, plus the subcommands in COMMAND_MODULES."""
 
 from __future__ import annotations
 
@@ -140,7 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     p.set_defaults(func=cmd_bench)
+
+    # Further subcommands live next to their code: each module has `register(subparsers)`, which adds
+    # its parser(s) and sets `func` to a callable taking the parsed args and returning an exit code.
+    import importlib
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
     return parser
+
+
+COMMAND_MODULES: List[str] = [
+]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

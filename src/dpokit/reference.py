@@ -4,10 +4,12 @@
 * :class:`AdapterDisabledReference`: the LoRA policy itself with its adapters disabled, so the
   base weights are not held twice.
 * :class:`CachedReference`: reference log-probs computed once over the dataset and stored on disk
-  under a content hash of (reference weights, tokenized dataset, engine version); every later
-  epoch and run with the same hash reads them instead of running the reference model, and the
-  reference model is released from memory. Any change of weights, data or tokenization changes
-  the hash and recomputes.
+  under a content hash of (reference weights, reference model config, tokenized dataset, cache
+  format version); every later epoch and run with the same hash reads them instead of running the
+  reference model, and the reference model is released from memory. Any change of weights, of a
+  config value that changes the forward pass (rope, norms, logit soft-capping...), of the data or
+  of its tokenization (the hash covers the token ids themselves) changes the hash and recomputes.
+  The layout and chunk size are not part of the key: they change no value beyond float rounding.
 """
 
 from __future__ import annotations
@@ -80,6 +82,26 @@ def fingerprint_model(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+# config entries that name or describe a model but do not change its forward pass
+_COSMETIC_CONFIG_KEYS = {"_name_or_path", "transformers_version", "architectures", "use_cache", "_attn_implementation",
+                         "_attn_implementation_autoset", "attn_implementation", "_commit_hash", "torch_dtype", "dtype",
+                         "output_attentions", "output_hidden_states", "return_dict", "pad_token_id", "bos_token_id",
+                         "eos_token_id", "id2label", "label2id", "tie_word_embeddings"}
+
+
+def fingerprint_config(model: torch.nn.Module) -> str:
+    """Hash of the model config entries that can change its outputs (weights are hashed apart;
+    dtype is in the weights' hash, and tied embeddings show in the state dict)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None:
+        return "no-config"
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+    values = {k: v for k, v in values.items() if k not in _COSMETIC_CONFIG_KEYS}
+    text = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 def fingerprint_examples(examples: Iterable) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for ex in examples:
@@ -92,24 +114,35 @@ class CachedReference:
 
     has_model = False
 
-    def __init__(self, store: Dict[int, List[torch.Tensor]], path: Optional[str] = None):
+    def __init__(self, store: Dict[int, List[torch.Tensor]], path: Optional[str] = None, hit: bool = False):
         self.store = store
         self.path = path
+        self.hit = hit  # True when read from disk, False when computed by this process
+
+    @staticmethod
+    def cache_key(model: torch.nn.Module, examples: Sequence, model_fingerprint: Optional[str] = None) -> str:
+        """The content hash the cache file is named by (see the module docstring)."""
+        parts = [CACHE_FORMAT_VERSION, model_fingerprint or fingerprint_model(model), fingerprint_config(model),
+                 fingerprint_examples(examples)]
+        return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
 
     @classmethod
     def build(cls, inner: ModelReference, engine, examples: Sequence, cache_dir: str, batch_size: int = 8,
               model_fingerprint: Optional[str] = None) -> "CachedReference":
         from .data.collate import collate
 
-        key = hashlib.blake2b(
-            "|".join([CACHE_FORMAT_VERSION, model_fingerprint or fingerprint_model(inner.model),
-                      fingerprint_examples(examples)]).encode(),
-            digest_size=16,
-        ).hexdigest()
+        key = cls.cache_key(inner.model, examples, model_fingerprint)
         path = os.path.join(cache_dir, f"reference-{key}.safetensors")
         if os.path.exists(path):
-            logger.info("reference log-probs: reusing cache %s", path)
-            return cls(_load_store(path), path)
+            try:
+                store = _load_store(path)
+            except Exception as err:  # a damaged file (e.g. a disk that filled up): recompute it
+                logger.warning("reference log-probs: cache %s is unreadable (%s); recomputing", path, err)
+            else:
+                if all(ex.index in store for ex in examples):
+                    logger.info("reference log-probs: reusing cache %s", path)
+                    return cls(store, path, hit=True)
+                logger.warning("reference log-probs: cache %s lacks some examples; recomputing", path)
         logger.info("reference log-probs: computing once for %d examples -> %s", len(examples), path)
         store: Dict[int, List[torch.Tensor]] = {}
         for start in range(0, len(examples), batch_size):
@@ -153,9 +186,13 @@ def _save_store(store: Dict[int, List[torch.Tensor]], path: str) -> None:
         "flat": torch.cat(rows) if rows else torch.zeros(0),
         "per_example": torch.tensor([per], dtype=torch.long),
     }
-    tmp = path + ".tmp"
-    save_file(tensors, tmp)
-    os.replace(tmp, path)
+    tmp = f"{path}.{os.getpid()}.tmp"  # unique per process: ranks may write the same cache at once
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _load_store(path: str) -> Dict[int, List[torch.Tensor]]:
