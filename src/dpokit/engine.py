@@ -68,6 +68,10 @@ class LogProbEngine:
             inputs = _unpaired_inputs(policy_lp, ref_lp, batch.labels)
             if needs.mismatched_kl:
                 inputs = self._with_mismatched_kl(policy, batch, reference, inputs)
+        elif batch.kind == "lists":
+            inputs = _list_inputs(policy_lp, ref_lp, [len(completions) for _, completions in batch.groups])
+            if batch.scores is not None:
+                inputs.list_scores = batch.scores.to(policy_lp.token_logps.device)
         else:
             raise ValueError(f"batch kind {batch.kind!r} is not supported by this engine")
         inputs.extras = {k: v.to(policy_lp.token_logps.device) for k, v in batch.extras.items()}
@@ -120,4 +124,24 @@ def _unpaired_inputs(policy: TokenLogprobs, reference: Optional[TokenLogprobs], 
         lengths=policy.lengths.to(policy.token_logps.dtype),
         labels=labels.to(policy.token_logps.device),
         token_stats=dict(policy.stats),
+    )
+
+
+def _to_lists(values: torch.Tensor, sizes: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-row values [R] (group-major) -> [B, K_max] plus a mask of real responses."""
+    width = max(sizes)
+    mask = torch.arange(width, device=values.device).unsqueeze(0) < torch.tensor(sizes, device=values.device).unsqueeze(1)
+    out = values.new_zeros(len(sizes), width)
+    return out.masked_scatter(mask, values), mask
+
+
+def _list_inputs(policy: TokenLogprobs, reference: Optional[TokenLogprobs], sizes: Sequence[int]) -> LossInputs:
+    """Listwise inputs: ``list_*`` fields of shape [B, K] (K = most responses in the batch)."""
+    policy_logps, mask = _to_lists(policy.sums, sizes)
+    lengths, _ = _to_lists(policy.lengths.to(policy.token_logps.dtype), sizes)
+    return LossInputs(
+        list_policy_logps=policy_logps,
+        list_reference_logps=None if reference is None else _to_lists(reference.sums, sizes)[0],
+        list_lengths=lengths,
+        list_mask=mask,
     )

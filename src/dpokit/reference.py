@@ -28,7 +28,7 @@ from .logprobs import TokenLogprobs, scatter_rows
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = "1"
+CACHE_FORMAT_VERSION = "2"
 
 
 class ModelReference:
@@ -73,9 +73,13 @@ class AdapterDisabledReference(ModelReference):
             self.model.train(was_training)
 
 
-def fingerprint_model(model: torch.nn.Module) -> str:
+def fingerprint_model(model: torch.nn.Module, skip: Sequence[str] = ()) -> str:
+    """Hash of every tensor of the state dict (names, dtypes, bytes); names containing one of
+    ``skip`` are left out."""
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(model.state_dict().items()):
+        if any(part in name for part in skip):
+            continue
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -120,10 +124,13 @@ class CachedReference:
         self.hit = hit  # True when read from disk, False when computed by this process
 
     @staticmethod
-    def cache_key(model: torch.nn.Module, examples: Sequence, model_fingerprint: Optional[str] = None) -> str:
-        """The content hash the cache file is named by (see the module docstring)."""
-        parts = [CACHE_FORMAT_VERSION, model_fingerprint or fingerprint_model(model), fingerprint_config(model),
-                 fingerprint_examples(examples)]
+    def cache_key(model: torch.nn.Module, examples: Sequence, model_fingerprint: Optional[str] = None,
+                  adapters_disabled: bool = False) -> str:
+        """The content hash the cache file is named by (see the module docstring). With
+        ``adapters_disabled`` (a LoRA policy used as its own reference) the adapter weights,
+        which do not act on the reference, are left out of the hash."""
+        weights = model_fingerprint or fingerprint_model(model, skip=("lora_",) if adapters_disabled else ())
+        parts = [CACHE_FORMAT_VERSION, weights, fingerprint_config(model), fingerprint_examples(examples)]
         return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
 
     @classmethod
@@ -131,7 +138,8 @@ class CachedReference:
               model_fingerprint: Optional[str] = None) -> "CachedReference":
         from .data.collate import collate
 
-        key = cls.cache_key(inner.model, examples, model_fingerprint)
+        key = cls.cache_key(inner.model, examples, model_fingerprint,
+                            adapters_disabled=isinstance(inner, AdapterDisabledReference))
         path = os.path.join(cache_dir, f"reference-{key}.safetensors")
         if os.path.exists(path):
             try:
@@ -149,12 +157,12 @@ class CachedReference:
             chunk = examples[start:start + batch_size]
             batch = collate(chunk, "pairs" if len(chunk[0].completions) == 2 else "unpaired")
             lp = inner.token_logprobs(engine, batch)
-            per_group = len(chunk[0].completions)
-            for g, ex in enumerate(chunk):
-                store[ex.index] = [
-                    lp.token_logps[g * per_group + j][lp.mask[g * per_group + j]].detach().float().cpu()
-                    for j in range(per_group)
-                ]
+            row = 0
+            for ex in chunk:
+                store[ex.index] = []
+                for _ in ex.completions:
+                    store[ex.index].append(lp.token_logps[row][lp.mask[row]].detach().float().cpu())
+                    row += 1
         os.makedirs(cache_dir, exist_ok=True)
         _save_store(store, path)
         return cls(store, path)
@@ -178,13 +186,12 @@ class CachedReference:
 
 def _save_store(store: Dict[int, List[torch.Tensor]], path: str) -> None:
     keys = sorted(store)
-    per = len(store[keys[0]]) if keys else 0
     rows = [t for k in keys for t in store[k]]
     tensors = {
         "index": torch.tensor(keys, dtype=torch.long),
         "lengths": torch.tensor([len(t) for t in rows], dtype=torch.long),
         "flat": torch.cat(rows) if rows else torch.zeros(0),
-        "per_example": torch.tensor([per], dtype=torch.long),
+        "completions": torch.tensor([len(store[k]) for k in keys], dtype=torch.long),
     }
     tmp = f"{path}.{os.getpid()}.tmp"  # unique per process: ranks may write the same cache at once
     try:
@@ -197,9 +204,11 @@ def _save_store(store: Dict[int, List[torch.Tensor]], path: str) -> None:
 
 def _load_store(path: str) -> Dict[int, List[torch.Tensor]]:
     data = load_file(path)
-    per = int(data["per_example"][0])
     pieces = torch.split(data["flat"], data["lengths"].tolist())
-    store = {}
-    for n, key in enumerate(data["index"].tolist()):
-        store[key] = list(pieces[n * per:(n + 1) * per])
+    store, row = {}, 0
+    for key, count in zip(data["index"].tolist(), data["completions"].tolist()):
+        store[key] = list(pieces[row:row + count])
+        row += count
+    if row != len(pieces):
+        raise ValueError(f"{path}: {len(pieces)} rows stored but the index accounts for {row}")
     return store

@@ -92,9 +92,14 @@ def test_wpo_value(clamp, seed):
 def test_wpo_weight_carries_no_gradient():
     x = make_full_inputs(seed=4)
     lp = x.policy_chosen_token_logps.clone().requires_grad_()
-    y = x.replace(policy_chosen_token_logps=lp)
-    loss = apply_modifiers("dpo", {"use_weighting": True})(y).loss.sum()
-    assert not loss.requires_grad or torch.autograd.grad(loss, lp, allow_unused=True)[0] is None
+    pw = x.policy_chosen_logps.clone().requires_grad_()
+    y = x.replace(policy_chosen_token_logps=lp, policy_chosen_logps=pw)
+    out = apply_modifiers("dpo", {"use_weighting": True})(y).loss
+    g_pw, g_lp = torch.autograd.grad(out.sum(), (pw, lp), allow_unused=True)
+    assert g_lp is None  # the weight is built from the token log-probs but detached
+    pw2 = x.policy_chosen_logps.clone().requires_grad_()
+    g_dpo = torch.autograd.grad(get_loss("dpo")(x.replace(policy_chosen_logps=pw2)).loss.sum(), pw2)[0]
+    torch.testing.assert_close(g_pw, torch.tensor(wpo_np(x)) * g_dpo)
 
 
 # ---- MADPO -------------------------------------------------------------------------------------
@@ -169,15 +174,21 @@ def test_beta_dpo_filtering_and_state():
     torch.testing.assert_close(fresh(x).loss, ev.loss)
 
 
-def test_beta_dpo_gradcheck_in_eval_mode():
+def test_beta_dpo_beta_is_detached():
+    """The gradient is DPO's at the adapted beta: beta itself carries no gradient (official code)."""
     x = make_full_inputs(batch=4, seed=8)
     loss = apply_modifiers(get_loss("dpo"), {"beta_dpo": True})
     loss(x)
     loss.training = False
     pw = x.policy_chosen_logps.clone().requires_grad_()
-    pl = x.policy_rejected_logps.clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: loss(x.replace(policy_chosen_logps=a, policy_rejected_logps=b)).loss,
-                                    (pw, pl))
+    out = loss(x.replace(policy_chosen_logps=pw))
+    g = torch.autograd.grad(out.loss.sum(), pw)[0]
+    beta = out.metrics["beta_dpo/beta"].item()
+    pw2 = x.policy_chosen_logps.clone().requires_grad_()
+    g_ref = torch.autograd.grad(get_loss("dpo", beta=beta)(x.replace(policy_chosen_logps=pw2)).loss.sum(), pw2)[0]
+    torch.testing.assert_close(g, g_ref)
+    assert torch.autograd.gradcheck(
+        lambda a: get_loss("dpo", beta=beta)(x.replace(policy_chosen_logps=a)).loss, (pw2,))
 
 
 # ---- API -----------------------------------------------------------------------------------------

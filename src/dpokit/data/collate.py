@@ -23,6 +23,7 @@ class Batch:
     index: torch.Tensor  # [B] dataset positions (keys of the reference cache)
     labels: Optional[torch.Tensor] = None  # [B] bool for unpaired data
     extras: Dict[str, torch.Tensor] = field(default_factory=dict)
+    scores: Optional[torch.Tensor] = None  # [B, K_max] for lists (padded with 0 where list_mask is False)
 
     def __len__(self) -> int:
         return len(self.groups)

@@ -13,6 +13,7 @@ first and shorter batches padded, then trimmed.
 
 from __future__ import annotations
 
+import warnings
 from typing import List, Tuple
 
 import torch
@@ -71,7 +72,9 @@ def gather_with_grad(t: Tensor) -> Tuple[Tensor, int]:
     from torch.distributed.nn.functional import all_gather as differentiable_all_gather
 
     sizes = _gather_sizes(t)
-    parts = differentiable_all_gather(_pad_to(t, max(sizes)))
+    with warnings.catch_warnings():  # deprecated in recent torch in favour of a private API
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = differentiable_all_gather(_pad_to(t, max(sizes)))
     gathered = torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0)
     return gathered, sum(sizes[: rank()])
 

@@ -348,10 +348,11 @@ class BetaDPO(Modifier):
         mask = mask_all[offset: offset + h_local.shape[0]].to(out.loss.dtype)
         count = float(mask.sum())
         loss = out.loss * mask * (h_local.shape[0] / max(count, 1.0))
+        as_tensor = lambda v: torch.tensor(v, dtype=out.loss.dtype)  # noqa: E731
         self.last_metrics = {
-            "beta_dpo/beta": torch.tensor(beta),
-            "beta_dpo/gap_mean": torch.tensor(self.gap_mean),
-            "beta_dpo/gap_std": torch.tensor(self.gap_std),
+            "beta_dpo/beta": as_tensor(beta),
+            "beta_dpo/gap_mean": as_tensor(self.gap_mean),
+            "beta_dpo/gap_std": as_tensor(self.gap_std),
             "beta_dpo/selected_fraction": mask.mean().detach(),
         }
         return LossOutput(loss, out.metrics)
