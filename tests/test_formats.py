@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -29,6 +30,7 @@ def test_implicit_prompt_without_marker_uses_common_prefix():
     assert implicit_prompt("abcX", "abcY") == ("abc", "X", "Y")
 
 
+@pytest.mark.skipif(not os.path.exists(HH_PATH), reason="shared HH-RLHF sample not found next to the repository")
 def test_hh_rlhf_sample_parses_and_reports_unusable_rows():
     report = LoadReport()
     examples = load_examples(HH_PATH, report=report)

@@ -74,12 +74,23 @@ def test_layout_logps_match_the_definition(name):
     expected = naive_logps(model, groups)
     assert lengths == [len(c) for _, cs in groups for c in cs]
     assert targets.tolist() == [t for _, cs in groups for c in cs for t in c]
-    torch.testing.assert_close(logps, expected, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(logps, expected, atol=1e-9, rtol=1e-9)
 
 
-@pytest.mark.parametrize("attn,dtype,tol", [("sdpa", torch.float64, 1e-10), ("eager", torch.float32, 2e-5)])
+def assert_grads_close(got, expected, rel):
+    """Every gradient within ``rel`` of the largest entry of the expected one. (Llama's RMSNorm
+    and rotary tables compute in fp32 even in a float64 model, so gradients agree to ~1e-7
+    relative there; a wrong mask or position moves them by 1e-2 and more.)"""
+    for name, grad in expected.items():
+        scale = grad.abs().max()
+        assert scale > 0, name
+        err = (got[name] - grad).abs().max()
+        assert err <= rel * scale, f"{name}: max error {float(err):.3e} vs scale {float(scale):.3e}"
+
+
+@pytest.mark.parametrize("attn,dtype,tol,rel", [("sdpa", torch.float64, 1e-9, 1e-5), ("eager", torch.float32, 2e-5, 1e-4)])
 @pytest.mark.parametrize("name", ["packed", "prompt_shared"])
-def test_layout_matches_padded_values_and_parameter_gradients(name, attn, dtype, tol):
+def test_layout_matches_padded_values_and_parameter_gradients(name, attn, dtype, tol, rel):
     model = make_model(attn, dtype)
     groups = make_groups(seed=1)
     weights = torch.randn(sum(len(cs) for _, cs in groups), generator=torch.Generator().manual_seed(0)).to(dtype)
@@ -94,9 +105,7 @@ def test_layout_matches_padded_values_and_parameter_gradients(name, attn, dtype,
     expected_logps, expected_grads = grads("padded")
     logps, got_grads = grads(name)
     torch.testing.assert_close(logps, expected_logps, atol=tol, rtol=tol)
-    for param_name, grad in expected_grads.items():
-        assert grad.abs().max() > 0, param_name
-        torch.testing.assert_close(got_grads[param_name], grad, atol=tol, rtol=tol * 10, msg=param_name)
+    assert_grads_close(got_grads, expected_grads, rel)
 
 
 @pytest.mark.parametrize("ks", [(1,), (2,), (3, 3), (4, 1, 2), (5,)])
@@ -107,7 +116,7 @@ def test_k_response_groups(ks):
     for name in LAYOUT_NAMES:
         logps, _, lengths = run_layout(model, name, groups)
         assert len(lengths) == sum(ks)
-        torch.testing.assert_close(logps, expected, atol=1e-10, rtol=1e-10, msg=name)
+        torch.testing.assert_close(logps, expected, atol=1e-9, rtol=1e-9, msg=name)
 
 
 def test_prompt_shared_mask_and_positions_by_hand():
@@ -161,9 +170,9 @@ def test_one_row_packing_from_position_ids_alone():
     assert batch.input_ids.shape[0] == 1 and bool((batch.sequence_ids >= 0).all())  # no padding at all
     found = find_packed_sequence_indices(batch.position_ids)
     assert torch.equal(found, batch.sequence_ids - batch.sequence_ids[0, 0])
-    hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids).last_hidden_state
+    hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
     logps = project_selected(hidden[0].index_select(0, batch.select), batch.targets, lm_head)["logps"]
-    torch.testing.assert_close(logps, naive_logps(model, groups), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(logps, naive_logps(model, groups), atol=1e-9, rtol=1e-9)
 
 
 def test_a_wrong_mask_is_detected(monkeypatch):
@@ -199,7 +208,7 @@ def test_sliding_window_models(family, extra):
     expected, _, _ = run_layout(model, "padded", groups)
     assert (expected - run_layout(make_model(family=family), "padded", groups)[0]).abs().max() > 1e-6  # window bites
     for name in ("packed", "prompt_shared"):
-        torch.testing.assert_close(run_layout(model, name, groups)[0], expected, atol=1e-10, rtol=1e-10, msg=name)
+        torch.testing.assert_close(run_layout(model, name, groups)[0], expected, atol=1e-9, rtol=1e-9, msg=name)
 
 
 def test_capability_check_and_fallback():
@@ -232,7 +241,7 @@ def test_capability_check_and_fallback():
     groups = make_groups(seed=6)
     with pytest.warns(RuntimeWarning, match="using 'padded'"):
         got, _, _ = run_layout(custom, "prompt_shared", groups)
-    torch.testing.assert_close(got, run_layout(model, "padded", groups)[0], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(got, run_layout(model, "padded", groups)[0], atol=1e-9, rtol=1e-9)
 
 
 @pytest.mark.parametrize("name", LAYOUT_NAMES)
@@ -252,8 +261,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(name):
     assert model.is_gradient_checkpointing
     ckpt_logps, ckpt = grads()
     torch.testing.assert_close(ckpt_logps, plain_logps, atol=1e-12, rtol=1e-12)
-    for param_name, grad in plain.items():
-        torch.testing.assert_close(ckpt[param_name], grad, atol=1e-12, rtol=1e-10, msg=param_name)
+    assert_grads_close(ckpt, plain, 1e-9)
 
 
 def test_compiled_model_runs_every_layout():
@@ -293,6 +301,6 @@ def test_engine_loss_inputs_agree_across_layouts(name, tokenizer):
     got = LogProbEngine(needs, 0, name, chunk_size=4).loss_inputs(policy, batch, reference)
     for field in ("policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps",
                   "reference_rejected_logps", "policy_chosen_token_logps", "chosen_token_mask"):
-        torch.testing.assert_close(getattr(got, field), getattr(expected, field), atol=1e-10, rtol=1e-10, msg=field)
+        torch.testing.assert_close(getattr(got, field), getattr(expected, field), atol=1e-9, rtol=1e-9, msg=field)
     for key, value in expected.token_stats.items():
-        torch.testing.assert_close(got.token_stats[key], value, atol=1e-10, rtol=1e-10, msg=key)
+        torch.testing.assert_close(got.token_stats[key], value, atol=1e-9, rtol=1e-9, msg=key)

@@ -151,8 +151,8 @@ def ld_sequence_logps(token_logps: Tensor, mask: Tensor, public_len: Tensor, alp
 
 @register_modifier(
     "ld_alpha",
-    source="Liu et al. 2024, LD-DPO: Length Desensitization in Direct Preference Optimization, "
-    "arXiv 2409.06411; TRL DPOConfig ld_alpha",
+    source="Liu et al. 2024, LD-DPO (length desensitization of DPO), arXiv 2409.06411; "
+    "TRL DPOConfig ld_alpha",
     needs=Needs(reference=False, data="pairs", token_logps=True),
     aliases=("ld_dpo",),
     shorthand="alpha",
@@ -247,7 +247,7 @@ class WPOWeights(Modifier):
 # ------------------------------------------------------------------------------------------------
 @register_modifier(
     "madpo",
-    source="Rho 2025, Margin Adaptive DPO, arXiv 2510.05342; official "
+    source="Rho 2025, MADPO (margin-adaptive DPO), arXiv 2510.05342; official "
     "sirano1004/Margin-Apative-Direct-Preference-Optimization utils/loss_functions.py MADPOLoss",
     needs=Needs(reference=False, data="pairs", extras=("rm_margin",)),
 )
