@@ -304,3 +304,27 @@ def test_engine_loss_inputs_agree_across_layouts(name, tokenizer):
         torch.testing.assert_close(getattr(got, field), getattr(expected, field), atol=1e-9, rtol=1e-9, msg=field)
     for key, value in expected.token_stats.items():
         torch.testing.assert_close(got.token_stats[key], value, atol=1e-9, rtol=1e-9, msg=key)
+
+
+def test_trainer_runs_give_the_same_weights_with_every_layout(tiny_model_dir, pairs_file, tmp_path):
+    """End to end through the trainer (with gradient checkpointing from the config): two optimizer
+    steps of DPO give the same losses and final weights whatever the layout."""
+    from safetensors.torch import load_file
+
+    from conftest import train_config
+    from dpokit.config import from_dict
+    from dpokit.train import Trainer
+    from dpokit.train.logging import read_metrics
+
+    results = {}
+    for name in LAYOUT_NAMES:
+        raw = train_config(tiny_model_dir, pairs_file, tmp_path / name, model={"gradient_checkpointing": True},
+                           train={"max_steps": 2, "layout": name, "lr": 1e-2})
+        Trainer(from_dict(raw)).fit()
+        losses = [row["loss"] for row in read_metrics(tmp_path / name / "metrics.jsonl") if "loss" in row]
+        results[name] = (losses, load_file(str(tmp_path / name / "final" / "model.safetensors")))
+    losses, weights = results["padded"]
+    for name in ("packed", "prompt_shared"):
+        torch.testing.assert_close(results[name][0], losses, atol=1e-5, rtol=1e-5, msg=name)
+        for key, value in weights.items():
+            torch.testing.assert_close(results[name][1][key], value, atol=2e-5, rtol=1e-4, msg=f"{name} {key}")

@@ -1,4 +1,5 @@
-"""`dpokit` command line: train | demo | eval | losses | bench, plus the subcommands in COMMAND_MODULES."""
+"""`dpokit` command line: train | demo | losses | bench, plus the subcommands in COMMAND_MODULES
+(eval, report, compare: dpokit.eval.cli)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,25 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .train import Trainer
 
+    from .train.checkpoint import CheckpointError
+    from .train.trainer import NonFiniteError
+
     config = load_config(args.config, args.set or [])
-    result = Trainer(config).fit(resume=args.resume)
-    print(json.dumps({"output_dir": config.train.output_dir, **result}))
+    try:
+        if config.online.strategy:  # generate -> judge -> train rounds (dpokit.train.online)
+            from .train.online import run_online
+
+            result = run_online(config, resume=args.resume)
+        else:
+            result = Trainer(config).fit(resume=args.resume)
+    except (NonFiniteError, CheckpointError) as err:  # the run stopped with an explanation (and a checkpoint)
+        print(f"dpokit: error: {err}", file=sys.stderr)
+        return 3
+    from .distributed import end_process_group, is_main_process
+
+    if is_main_process():  # one line per run, not one per process
+        print(json.dumps({"output_dir": config.train.output_dir, **result}))
+    end_process_group()
     return 0 if result["status"] == "completed" else 130
 
 
@@ -43,6 +60,11 @@ def cmd_demo(args) -> int:
     if args.quick:
         settings.n_train_prompts, settings.n_eval_prompts = 200, 60
         settings.warmup_steps, settings.dpo_epochs = 120, 2
+    if args.online:  # the same experiment with online rounds (dpokit.tasks.online_demo)
+        from .tasks.online_demo import run_online_demo
+
+        run_online_demo(settings, strategy=args.strategy, rounds=args.rounds)
+        return 0
     run_demo(settings)
     return 0
 
@@ -61,33 +83,6 @@ def cmd_losses(args) -> int:
         name = s.name + (f" ({', '.join(s.aliases)})" if s.aliases else "")
         flag = "" if s.verified == "verified" else f" [{s.verified}]"
         print(f"{name:<20}{s.family:<16}{'yes' if n.reference else 'no':<10}{n.data:<10}{token:<24}{s.source}{flag}")
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from .config import ModelConfig, build_loss
-    from .data import load_examples, tokenize_examples
-    from .eval.preference import evaluate_pairs
-    from .models import load_causal_lm, load_tokenizer
-    from .reference import ModelReference
-
-    model_cfg = ModelConfig(name_or_path=args.model, trust_remote_code=args.trust_remote_code)
-    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
-    policy = load_causal_lm(args.model, model_cfg).eval()
-    reference = ModelReference(load_causal_lm(args.ref, model_cfg)) if args.ref else None
-    loss_fn = None
-    if args.loss:
-        section = {"name": args.loss}
-        if args.beta is not None:
-            section["beta"] = args.beta
-        loss_fn = build_loss(section)
-    examples = load_examples(args.data, "pairs", limit=args.limit)
-    tokenized, report = tokenize_examples(examples, tokenizer, max_length=args.max_length)
-    beta = args.beta if args.beta is not None else (loss_fn.hparams.get("beta", 0.1) if hasattr(loss_fn, "hparams") else 0.1)
-    result = evaluate_pairs(policy, reference, tokenized, tokenizer.pad_token_id, loss_fn, beta, args.batch_size)
-    result["reference"] = args.ref
-    result["dropped_by_truncation"] = len(report.dropped)
-    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -114,23 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smaller experiment (for smoke tests)")
+    p.add_argument("--online", action="store_true", help="online rounds: sample, judge, train, repeat")
+    p.add_argument("--strategy", default="online_dpo", help="round strategy with --online (online_dpo, "
+                   "iterative_dpo, dno, sppo, apo, xpo, hypo, ofs_dpo)")
+    p.add_argument("--rounds", type=int, default=4, help="number of rounds with --online")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("losses", help="list the registered objectives")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_losses)
-
-    p = sub.add_parser("eval", help="implicit-reward evaluation of a model on preference pairs")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--ref", default=None, help="reference model (omit for reference-free implicit rewards)")
-    p.add_argument("--loss", default=None, help="also report this loss on the pairs")
-    p.add_argument("--beta", type=float, default=None)
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="training-step benchmark (pairs/s, tokens/s, memory, FLOP/s)")
     try:
@@ -151,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMAND_MODULES: List[str] = [
+    "dpokit.eval.cli",
+    "dpokit.train.reward_model",  # train-rm, rm-margin
 ]
 
 

@@ -53,7 +53,7 @@ class DataConfig:
     train: Any = ""  # file path, hub id (or a datasets.Dataset in the Python API)
     eval: Any = None
     eval_fraction: float = 0.0  # held out from train when no eval set is given
-    kind: str = "pairs"  # pairs | unpaired
+    kind: str = "pairs"  # pairs | unpaired | lists
     split: str = "train"
     limit: Optional[int] = None
     max_length: int = 512
@@ -62,6 +62,15 @@ class DataConfig:
     append_eos: bool = True
     on_bad_content: str = "skip"  # skip | error (empty completions, chosen == rejected)
     on_empty_completion: str = "skip"  # skip | error (prompt leaves no room within max_length)
+    on_extra_columns: str = "ignore"  # ignore | error (non-numeric columns no format reads)
+    # ranked lists (data/build.py): pairs for a pairwise loss, curriculum, label noise, Sem-DPO weights
+    pair_builder: str = "best_vs_worst"  # best_vs_worst | best_vs_each | all_pairs | margin
+    min_margin: float = 0.0  # score gap a built pair needs (> 0 required by 'margin')
+    objective_weights: Optional[Dict[str, float]] = None  # rank lists by a weighted sum of objectives
+    curriculum: Optional[Dict[str, Any]] = None  # Curry-DPO: {stages: 3, epochs_per_stage: 1}
+    label_noise: float = 0.0  # fraction of training pairs flipped (lists: scores swapped)
+    label_noise_seed: int = 0
+    sem_alpha: Optional[float] = None  # Sem-DPO weights exp(-alpha * d_cos(e(x), e(y_w))) in extras
 
 
 @dataclass
@@ -102,6 +111,31 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops with a checkpoint
     report_to: List[str] = field(default_factory=lambda: ["tensorboard"])
     progress_bar: bool = True
+    monitor: Any = False  # true or {every, examples, judge, ...}: over-optimisation indicators (dpokit.eval.monitor)
+
+
+@dataclass
+class OnlineConfig:
+    """Online / iterative rounds (``dpokit.train.online``); an empty ``strategy`` means offline training."""
+
+    strategy: str = ""  # a round strategy: online_dpo | iterative_dpo | dno | sppo | apo | xpo | hypo | ofs_dpo
+    rounds: int = 3
+    prompts: Any = None  # prompts (a file or dataset with a `prompt` column); default: the prompts of data.train
+    prompts_per_round: Optional[int] = None  # default: every prompt, every round
+    samples_per_prompt: int = 2
+    sampler: str = "hf"  # hf (transformers.generate) | vllm
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: Optional[int] = None
+    generation_batch_size: int = 32
+    judge: Any = None  # {kind: callable, function: module:fn} | {kind: reward_model, path: ...} | ...
+    pairs: str = "best_vs_worst"  # how judged samples become pairs: best_vs_worst | best_vs_each | all_pairs
+    min_margin: float = 0.0  # keep a pair only when score(chosen) - score(rejected) >= min_margin (and > 0)
+    refresh_every: int = 0  # > 0: fresh samples and pairs every N optimizer steps (frozen-reference strategies)
+    eval_prompts: Any = None  # judged each round (mean judge score of policy samples)
+    eval_samples_per_prompt: int = 1
+    options: Dict[str, Any] = field(default_factory=dict)  # strategy hyperparameters (apo: alpha, xpo: alpha, ...)
 
 
 @dataclass
@@ -112,6 +146,7 @@ class Config:
     loss: Dict[str, Any] = field(default_factory=lambda: {"name": "dpo", "beta": 0.1})
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,10 +154,12 @@ class Config:
 
 CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "data.kind": ("pairs", "unpaired"),
+    "data.kind": ("pairs", "unpaired", "lists"),
+    "data.pair_builder": ("best_vs_worst", "best_vs_each", "all_pairs", "margin"),
     "data.truncation_mode": ("keep_end", "keep_start"),
     "data.on_bad_content": ("skip", "error"),
     "data.on_empty_completion": ("skip", "error"),
+    "data.on_extra_columns": ("ignore", "error"),
     "reference.kind": ("auto", "copy", "path", "lora_disabled", "none"),
     "train.scheduler": ("cosine", "linear", "constant"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
@@ -213,7 +250,7 @@ def validate(config: Config) -> Config:
     t, d, r = config.train, config.data, config.reference
     if not config.model.name_or_path:
         raise ConfigError("model.name_or_path: required (a local model directory or a hub id)")
-    if not d.train:
+    if not d.train and not (config.online.strategy and config.online.prompts):
         raise ConfigError("data.train: required (a .jsonl/.json/.parquet/.csv file or a hub dataset id)")
     for path, value in (("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
                         ("train.epochs", t.epochs), ("data.max_length", d.max_length),
@@ -241,12 +278,25 @@ def validate(config: Config) -> Config:
         loss = build_loss(config.loss)
     except (KeyError, ValueError, TypeError) as err:
         raise ConfigError(f"loss: {err.args[0] if err.args else err}") from None
+    from .loss_checks import check_loss
+
+    try:  # hyperparameter ranges and types (see loss_checks), still without any model
+        check_loss(loss)
+    except ValueError as err:
+        raise ConfigError(f"loss: {err}") from None
     needs = loss.needs
-    if needs.data != d.kind and not (needs.data == "unpaired" and d.kind == "pairs"):
-        raise ConfigError(f"loss {loss.name!r} trains on {needs.data} data but data.kind is {d.kind!r}")
+    if needs.data != d.kind and not (needs.data == "unpaired" and d.kind == "pairs") and d.kind != "lists":
+        hint = " (set data.kind: lists; pair records are read as two-response lists)" if needs.data == "lists" else ""
+        raise ConfigError(f"loss {loss.name!r} trains on {needs.data} data but data.kind is {d.kind!r}{hint}")
+    _validate_list_options(config, loss)
     if not needs.reference and r.kind not in ("auto", "none"):
         raise ConfigError(f"reference.kind: loss {loss.name!r} is reference-free; remove the reference "
                           f"(kind: none) instead of {r.kind!r}")
+    if not needs.reference:
+        for key, value in (("path", r.path), ("precompute", r.precompute), ("sync_every", r.sync_every)):
+            if value:
+                raise ConfigError(f"reference.{key}: loss {loss.name!r} is reference-free, so reference.{key} "
+                                  "would be ignored; remove it")
     if r.kind == "path" and not r.path:
         raise ConfigError("reference.path: required when reference.kind is 'path'")
     if r.path and r.kind not in ("path", "auto"):
@@ -261,7 +311,44 @@ def validate(config: Config) -> Config:
     if r.precompute and r.sync_every:
         raise ConfigError("reference.precompute and reference.sync_every exclude each other: a synced "
                           "reference changes, so its log-probs cannot be cached")
+    if config.online.strategy:
+        from .train.online import validate_online
+
+        validate_online(config)
     return config
+
+
+def _validate_list_options(config: Config, loss) -> None:
+    """Checks of the ranked-list options (pair builder, curriculum, label noise, Sem-DPO weights)."""
+    from .data.build import curriculum_settings
+
+    d, r, needs = config.data, config.reference, loss.needs
+    if d.min_margin < 0:
+        raise ConfigError(f"data.min_margin: must be >= 0, got {d.min_margin}")
+    if d.pair_builder == "margin" and d.min_margin <= 0:
+        raise ConfigError("data.min_margin: the 'margin' pair builder needs min_margin > 0")
+    if not 0.0 <= d.label_noise <= 0.5:
+        raise ConfigError(f"data.label_noise: must be in [0, 0.5], got {d.label_noise}")
+    if d.sem_alpha is not None and d.sem_alpha < 0:
+        raise ConfigError(f"data.sem_alpha: must be >= 0, got {d.sem_alpha}")
+    if d.objective_weights is not None:
+        if d.kind != "lists":
+            raise ConfigError("data.objective_weights: needs data.kind: lists")
+        for name, weight in d.objective_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise ConfigError(f"data.objective_weights.{name}: expected a number, got {weight!r}")
+    try:
+        curriculum = curriculum_settings(d.curriculum)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if curriculum:
+        if needs.data != "pairs" or not needs.reference:
+            raise ConfigError(f"data.curriculum: needs a pairwise loss with a reference model; {loss.name!r} "
+                              f"trains on {needs.data}" + ("" if needs.reference else " without a reference"))
+        if r.precompute or r.kind in ("lora_disabled", "none") or (r.kind == "auto" and config.lora.enabled):
+            raise ConfigError("data.curriculum: replaces the reference model by the policy at each stage, which "
+                              "needs a separate reference model (reference.kind copy or path, no precompute, "
+                              "not lora_disabled)")
 
 
 def build_loss(section: Dict[str, Any]):

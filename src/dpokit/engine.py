@@ -12,6 +12,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from .data.collate import Batch
+from .distributed import forward_through
 from .layouts import get_layout
 from .logprobs import Group, TokenLogprobs, logit_transform, project_selected, scatter_rows, split_model
 from .losses import LossInputs, Needs
@@ -41,7 +42,18 @@ class LogProbEngine:
         """Per-token completion log-probs of ``model`` for every row of ``groups``.
 
         ``reference`` (a :mod:`dpokit.reference` object) is used only for the ``ref_kl`` statistic.
+        Under DDP/FSDP/DeepSpeed the computation runs as the wrapped model's forward
+        (:func:`dpokit.distributed.forward_through`), so the engines' hooks fire.
         """
+
+        def run():
+            lp = self._token_logprobs(model, groups, stats, reference)
+            return lp.token_logps, lp.mask, lp.stats
+
+        token_logps, mask, stats_out = forward_through(model, run)
+        return TokenLogprobs(token_logps, mask, stats_out)
+
+    def _token_logprobs(self, model, groups, stats, reference) -> TokenLogprobs:
         hidden, targets, lengths, lm_head = self.hidden(model, groups)
         ref_hidden = ref_head = None
         if "ref_kl" in stats:

@@ -235,9 +235,16 @@ class _Unit:
     outputs: List[Tuple[int, List[int], List[int]]] = field(default_factory=list)  # (row, offsets, targets)
 
 
+def _check_prompt(prompt) -> None:
+    if not prompt:
+        raise ValueError("a group has an empty prompt: its first completion token has no position to be "
+                         "predicted from (tokenization gives every prompt at least a BOS token)")
+
+
 def _sequence_units(groups: Sequence[Group]) -> List[_Unit]:
     units, row = [], 0
     for prompt, completions in groups:
+        _check_prompt(prompt)
         for completion in completions:
             n = len(prompt) + len(completion)
             offsets = list(range(len(prompt) - 1, n - 1))
@@ -250,6 +257,7 @@ def _sequence_units(groups: Sequence[Group]) -> List[_Unit]:
 def _group_units(groups: Sequence[Group]) -> List[_Unit]:
     units, row = [], 0
     for prompt, completions in groups:
+        _check_prompt(prompt)
         p = len(prompt)
         unit = _Unit(list(prompt), list(range(p)), [0] * p)
         for k, completion in enumerate(completions, start=1):

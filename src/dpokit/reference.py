@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .logprobs import TokenLogprobs, scatter_rows
+from .paths import safe_join
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class CachedReference:
 
         key = cls.cache_key(inner.model, examples, model_fingerprint,
                             adapters_disabled=isinstance(inner, AdapterDisabledReference))
-        path = os.path.join(cache_dir, f"reference-{key}.safetensors")
+        path = safe_join(cache_dir, f"reference-{key}.safetensors")
         if os.path.exists(path):
             try:
                 store = _load_store(path)

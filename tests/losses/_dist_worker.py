@@ -40,6 +40,7 @@ def run(rank: int, init_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         _checks(rank, refs)
+        dist.barrier()  # both processes finish their collectives before teardown
     finally:
         dist.destroy_process_group()
 

@@ -22,6 +22,14 @@ EXTRA_KEYS = (
     "win_prob_chosen",
     "win_prob_rejected",
     "udm_weight",
+    "sem_weight",
+    # online losses (dpokit.losses.online)
+    "ref_is_chosen",
+    "side_policy_logps",
+    "side_reference_logps",
+    "side_mask",
+    "ofs_other_chosen_logps",
+    "ofs_other_rejected_logps",
 )
 TOKEN_STATS = ("ref_kl", "sum_p2", "entropy")
 
@@ -57,6 +65,19 @@ def make_full_inputs(batch: int = 4, T: int = 6, seed: int = 0, dtype=torch.floa
         "win_prob_rejected": 0.5 * torch.rand(batch, generator=gen, dtype=dtype),
         "udm_weight": 12.0 * torch.rand(batch, generator=gen, dtype=dtype),
     }
+    extras["sem_weight"] = torch.exp(-torch.rand(batch, generator=torch.Generator().manual_seed(seed + 104729),
+                                                 dtype=dtype))
+    online = torch.Generator().manual_seed(seed + 7919)  # own stream: the values above stay as they were
+    side_mask = torch.ones(batch, K, dtype=dtype)
+    side_mask[0, -1] = 0.0
+    extras.update({
+        "ref_is_chosen": torch.tensor([float(i % 2) for i in range(batch)], dtype=dtype),
+        "side_policy_logps": -5 * torch.rand(batch, K, generator=online, dtype=dtype),
+        "side_reference_logps": -5 * torch.rand(batch, K, generator=online, dtype=dtype),
+        "side_mask": side_mask,
+        "ofs_other_chosen_logps": -10 * torch.rand(batch, generator=online, dtype=dtype),
+        "ofs_other_rejected_logps": -10 * torch.rand(batch, generator=online, dtype=dtype),
+    })
     labels = torch.tensor([i % 2 == 0 for i in range(batch)])
     labels[-1] = not labels[0]
     list_mask = torch.ones(batch, K, dtype=torch.bool)

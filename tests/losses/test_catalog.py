@@ -75,7 +75,7 @@ def test_runs_on_inputs_matching_needs(name, seed):
     loss_fn = get_loss(name)
     inputs = make_inputs(loss_fn.needs, batch=4, T=6, seed=seed)
     for field in ("policy_chosen_logps", "policy_rejected_logps", "policy_logps",
-                  "policy_chosen_token_logps", "policy_rejected_token_logps"):
+                  "policy_chosen_token_logps", "policy_rejected_token_logps", "list_policy_logps"):
         value = getattr(inputs, field)
         if value is not None:
             setattr(inputs, field, value.clone().requires_grad_(True))
@@ -86,7 +86,8 @@ def test_runs_on_inputs_matching_needs(name, seed):
         assert value.dim() == 0 and torch.isfinite(value), key
     out.loss.mean().backward()
     grads = [getattr(inputs, f).grad for f in ("policy_chosen_logps", "policy_rejected_logps", "policy_logps",
-                                               "policy_chosen_token_logps", "policy_rejected_token_logps")
+                                               "policy_chosen_token_logps", "policy_rejected_token_logps",
+                                               "list_policy_logps")
              if getattr(inputs, f) is not None and getattr(inputs, f).grad is not None]
     assert grads, "the loss must depend on the policy"
     for g in grads:
@@ -106,3 +107,30 @@ def test_modifier_metadata_and_run(modifier):
 def test_public_helpers_exposed():
     for name in ("apply_modifiers", "build_loss", "list_modifiers", "kto_weight_warning", "diff_token_weights"):
         assert callable(getattr(L, name))
+
+
+DOC_PAGE = {"pairwise": "pairwise.md", "reference_free": "reference_free.md", "regularized": "regularized.md",
+            "regularizer": "regularized.md", "unpaired": "unpaired.md", "token_level": "token_level.md",
+            "online": "online.md", "listwise": "listwise.md"}
+DOCS = __import__("pathlib").Path(__file__).resolve().parents[2] / "docs" / "losses"
+
+
+@pytest.mark.skipif(not DOCS.is_dir(), reason="docs not present")
+@pytest.mark.parametrize("name", ALL)
+def test_documented(name):
+    spec = get_spec(name)
+    page = (DOCS / DOC_PAGE[spec.family]).read_text()
+    assert f"`{name}`" in page
+    for alias in spec.aliases:
+        assert f"`{alias}`" in page, alias
+    for hp in spec.defaults:
+        assert f"`{hp}`" in page, hp
+
+
+@pytest.mark.skipif(not DOCS.is_dir(), reason="docs not present")
+def test_modifiers_documented():
+    page = (DOCS / "modifiers.md").read_text()
+    for spec in L.list_modifiers():
+        assert f"`{spec.name}`" in page
+        for hp in spec.defaults:
+            assert f"`{hp}`" in page, hp

@@ -4,6 +4,7 @@ from .collate import Batch, EpochBatchOrder, collate
 from .formats import (
     DataError,
     PreferencePair,
+    RankedList,
     UnpairedExample,
     implicit_prompt,
     iter_records,
@@ -14,7 +15,7 @@ from .formats import (
 from .tokenize import TokenizedExample, TruncationReport, tokenize_examples
 
 __all__ = [
-    "Batch", "EpochBatchOrder", "collate", "DataError", "PreferencePair", "UnpairedExample",
+    "Batch", "EpochBatchOrder", "collate", "DataError", "PreferencePair", "RankedList", "UnpairedExample",
     "implicit_prompt", "iter_records", "LoadReport", "load_examples", "split_pairs", "TokenizedExample",
     "TruncationReport", "tokenize_examples",
 ]

@@ -50,7 +50,33 @@ def collate(examples: Sequence[TokenizedExample], kind: str = "pairs") -> Batch:
             extras[key] = torch.tensor([ex.extras[key] for ex in examples], dtype=torch.float32)
         except (ValueError, TypeError):
             raise DataError(examples[0].location, key, "has lists of different lengths across records") from None
-    return Batch(kind, groups, index, labels, extras)
+    scores = None
+    if kind == "lists":
+        scores, objectives = _list_scores(examples)
+        extras.update(objectives)
+    return Batch(kind, groups, index, labels, extras, scores)
+
+
+def _padded(rows: Sequence[Sequence[float]], width: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), width, dtype=torch.float32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.tensor(row, dtype=torch.float32)
+    return out
+
+
+def _list_scores(examples: Sequence[TokenizedExample]):
+    """``scores`` [B, K_max] and ``scores_<name>`` [B, K_max] per objective, 0 where no response."""
+    width = max(len(ex.completions) for ex in examples)
+    for ex in examples:
+        if ex.scores is None or len(ex.scores) != len(ex.completions):
+            raise DataError(ex.location, "scores", "a list batch needs one score per response")
+    names = list(examples[0].objectives)
+    for ex in examples[1:]:
+        if list(ex.objectives) != names:
+            raise DataError(ex.location, "scores", f"has objectives {list(ex.objectives)} but {examples[0].location} "
+                            f"has {names}", "give every list the same score columns")
+    objectives = {f"scores_{name}": _padded([ex.objectives[name] for ex in examples], width) for name in names}
+    return _padded([ex.scores for ex in examples], width), objectives
 
 
 class EpochBatchOrder:

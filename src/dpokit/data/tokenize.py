@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .formats import DataError, PreferencePair, UnpairedExample
+from .formats import DataError, PreferencePair, RankedList, UnpairedExample
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,11 @@ TRUNCATION_MODES = ("keep_end", "keep_start")
 
 @dataclass
 class TokenizedExample:
-    """One prompt with its completions (pairs: ``[chosen, rejected]``; unpaired: one)."""
+    """One prompt with its completions (pairs: ``[chosen, rejected]``; unpaired: one; lists: K).
+
+    Lists also carry ``scores`` (K numbers, higher is better) and ``objectives`` (further score
+    columns by name, K numbers each).
+    """
 
     index: int
     prompt_ids: List[int]
@@ -39,6 +43,8 @@ class TokenizedExample:
     label: Optional[bool] = None
     extras: Dict[str, Any] = field(default_factory=dict)
     location: str = ""
+    scores: Optional[List[float]] = None
+    objectives: Dict[str, List[float]] = field(default_factory=dict)
 
     @property
     def num_tokens(self) -> int:
@@ -62,7 +68,12 @@ class TruncationReport:
 
 def render(example, tokenizer) -> Tuple[str, List[str], bool]:
     """Return ``(prompt_text, completion_texts, templated)`` for a parsed example."""
-    completions = [example.chosen, example.rejected] if isinstance(example, PreferencePair) else [example.completion]
+    if isinstance(example, PreferencePair):
+        completions = [example.chosen, example.rejected]
+    elif isinstance(example, RankedList):
+        completions = list(example.responses)
+    else:
+        completions = [example.completion]
     prompt = example.prompt
     if all(isinstance(c, str) for c in completions) and isinstance(prompt, str):
         return prompt, list(completions), False
@@ -150,7 +161,11 @@ def tokenize_examples(
             report.completion_truncated += 1
             completions = [c[:room] for c in completions]
         label = example.label if isinstance(example, UnpairedExample) else None
-        out.append(TokenizedExample(i, prompt_ids, completions, label, dict(example.extras), example.location))
+        tokenized = TokenizedExample(i, prompt_ids, completions, label, dict(example.extras), example.location)
+        if isinstance(example, RankedList):
+            tokenized.scores = list(example.scores)
+            tokenized.objectives = {k: list(v) for k, v in example.objectives.items()}
+        out.append(tokenized)
     if report.dropped:
         shown = ", ".join(report.dropped[:5]) + (" ..." if len(report.dropped) > 5 else "")
         logger.warning("dropped %d example(s) whose completion was truncated away entirely: %s",

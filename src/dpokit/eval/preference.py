@@ -20,9 +20,10 @@ def preference_accuracy(margins: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_pairs(policy, reference, examples: Sequence, pad_token_id: int, loss_fn=None, beta: float = 0.1,
-                   batch_size: int = 16, chunk_size: int = 1024) -> Dict[str, float]:
+                   batch_size: int = 16, chunk_size: int = 1024, return_margins: bool = False) -> Dict[str, float]:
     """``preference_accuracy``, ``reward_margin_mean`` (of ``beta * margin``), ``loss`` (when a loss is
-    given; its state is not updated), ``num_pairs``.
+    given; its state is not updated), ``num_pairs``; with ``return_margins`` also ``margins``, the
+    per-pair ``beta * margin`` tensor.
 
     The implicit reward is ``beta * (lp(y) - lr(y))`` with a reference and ``beta * lp(y)/|y|`` (the
     token mean that reference-free losses use) without one.
@@ -59,4 +60,6 @@ def evaluate_pairs(policy, reference, examples: Sequence, pad_token_id: int, los
     }
     if losses:
         result["loss"] = float(torch.cat(losses).mean())
+    if return_margins:
+        result["margins"] = margins
     return result

@@ -6,14 +6,13 @@ Batches may differ in size across processes (the last batch of an epoch): sizes 
 first and shorter batches padded, then trimmed.
 
 * :func:`gather_detached` gathers statistics that need no gradient (margins, rewards).
-* :func:`gather_with_grad` gathers with ``torch.distributed.nn.functional.all_gather`` so the
-  gradient of a loss computed on the global batch flows back to every process's own examples
-  (AOT sorts the global batch).
+* :func:`gather_with_grad` gathers with autograd (the semantics of
+  ``torch.distributed.nn.functional.all_gather``) so the gradient of a loss computed on the global
+  batch flows back to every process's own examples (AOT sorts the global batch).
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import List, Tuple
 
 import torch
@@ -65,17 +64,40 @@ def gather_detached_with_offset(t: Tensor) -> Tuple[Tensor, int]:
     return torch.cat([b[:s] for b, s in zip(buffers, sizes)], dim=0), sum(sizes[: rank()])
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums every process's gradient and keeps this process's slice.
+
+    Equivalent to ``torch.distributed.nn.functional.all_gather`` (whose backward is a reduce-scatter),
+    written with ``all_reduce`` so it behaves the same on every backend; the gloo path of the torch
+    version (all-to-all in backward) was seen to abort processes at exit.
+    """
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:
+        ctx.rank, ctx.rows = rank(), t.shape[0]
+        buffers = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(buffers, t.contiguous())
+        return torch.cat(buffers, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows: (ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(t: Tensor) -> Tuple[Tensor, int]:
-    """Concatenate ``t`` from every process with autograd; returns (gathered, offset of ours)."""
+    """Concatenate ``t`` from every process with autograd; returns (gathered, offset of ours).
+
+    The gradient of each process's loss with respect to the gathered tensor is summed over processes
+    and routed back to the rows each process contributed (every process must run backward).
+    """
     if not is_active():
         return t, 0
-    from torch.distributed.nn.functional import all_gather as differentiable_all_gather
-
     sizes = _gather_sizes(t)
-    with warnings.catch_warnings():  # deprecated in recent torch in favour of a private API
-        warnings.simplefilter("ignore", FutureWarning)
-        parts = differentiable_all_gather(_pad_to(t, max(sizes)))
-    gathered = torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0)
+    width = max(sizes)
+    full = _AllGatherWithGrad.apply(_pad_to(t, width))
+    gathered = torch.cat([full[i * width: i * width + s] for i, s in enumerate(sizes)], dim=0)
     return gathered, sum(sizes[: rank()])
 
 

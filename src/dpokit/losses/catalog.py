@@ -8,6 +8,8 @@ import sys as _sys
 
 from . import divergence, pairwise_extra, reference_free_extra, regularized, token_level, unpaired  # noqa: F401
 from . import modifiers  # noqa: F401
+from . import listwise, semantic  # noqa: F401  (ranked-list losses; Sem-DPO)
+from . import online  # noqa: F401  (xpo, hypo, ofs_dpo: read extras the online round loop supplies)
 from .modifiers import ModifiedLoss, apply_modifiers, build_loss, list_modifiers
 from .token_level import diff_token_weights
 from .unpaired import kto_weight_warning

@@ -348,7 +348,7 @@ class BetaDPO(Modifier):
         mask = mask_all[offset: offset + h_local.shape[0]].to(out.loss.dtype)
         count = float(mask.sum())
         loss = out.loss * mask * (h_local.shape[0] / max(count, 1.0))
-        as_tensor = lambda v: torch.tensor(v, dtype=out.loss.dtype)  # noqa: E731
+        as_tensor = lambda v: torch.tensor(v, dtype=out.loss.dtype, device=out.loss.device)  # noqa: E731
         self.last_metrics = {
             "beta_dpo/beta": as_tensor(beta),
             "beta_dpo/gap_mean": as_tensor(self.gap_mean),

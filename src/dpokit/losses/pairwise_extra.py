@@ -111,7 +111,7 @@ class BCOPairLoss:
             delta = 0.0
         loss = -F.logsigmoid(rw - delta) - F.logsigmoid(-(rl - delta))
         metrics = pairwise_metrics(inputs, self.beta)
-        metrics["bco/delta"] = torch.tensor(float(delta))
+        metrics["bco/delta"] = torch.tensor(float(delta), dtype=loss.dtype, device=loss.device)
         return LossOutput(loss, metrics)
 
     def state_dict(self):
@@ -201,8 +201,8 @@ def aot_loss(inputs: LossInputs, beta: float = 0.01, label_smoothing: float = 0.
     The sort runs over the batch (quantile matching), so entry ``i`` of the returned loss belongs to
     the ``i``-th quantile, not to example ``i``; only the batch mean is meaningful and per-example
     weights (WPO, MADPO) cannot be applied. Batch-coupled: when run distributed, the margins are
-    gathered from every process with ``torch.distributed.nn.functional.all_gather`` (gradients flow
-    back to each process's own examples), sorted globally, and each process returns its slice, so
+    gathered from every process with an autograd all-gather (gradients flow back to each
+    process's own examples), sorted globally, and each process returns its slice, so
     the mean over processes is the loss of the global batch. TRL sorts each process's batch alone;
     on one process the two are identical.
     Source: Melnychuk et al. 2024, arXiv 2406.05882.
@@ -226,8 +226,8 @@ def aot_unpaired_loss(inputs: LossInputs, beta: float = 0.01, label_smoothing: f
     The sort runs over the batch (quantile matching), so entry ``i`` of the returned loss belongs to
     the ``i``-th quantile, not to example ``i``; only the batch mean is meaningful and per-example
     weights (WPO, MADPO) cannot be applied. Batch-coupled: when run distributed, the margins are
-    gathered from every process with ``torch.distributed.nn.functional.all_gather`` (gradients flow
-    back to each process's own examples), sorted globally, and each process returns its slice, so
+    gathered from every process with an autograd all-gather (gradients flow back to each
+    process's own examples), sorted globally, and each process returns its slice, so
     the mean over processes is the loss of the global batch. TRL sorts each process's batch alone;
     on one process the two are identical.
     Source: Melnychuk et al. 2024, arXiv 2406.05882.

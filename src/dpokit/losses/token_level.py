@@ -94,7 +94,7 @@ def tdpo_loss(inputs: LossInputs, beta: float = 0.1, alpha: float = 0.5, tdpo2: 
     "token_dpo",
     family="token_level",
     source="dpokit generic token-weighted DPO (the weighted-sum form used by token-importance methods "
-    "such as TIS-DPO, arXiv 2410.04350, and TAB-PO v1, arXiv 2603.00025); reduces to DPO, "
+    "such as TIS-DPO, and TAB-PO v1, arXiv 2603.00025); reduces to DPO, "
     "Rafailov et al. 2023, with unit weights",
     needs=Needs(reference=True, data="pairs", token_logps=True, extras=TOKEN_WEIGHT_KEYS),
     verified="partial",

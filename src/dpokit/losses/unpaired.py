@@ -22,27 +22,33 @@ from .registry import Needs, register_loss
 Tensor = torch.Tensor
 
 
-def _unpaired_logratios(inputs: LossInputs, loss: str):
+def _unpaired_logratios(inputs: LossInputs):
     inputs.require("policy_logps", "reference_logps", "labels")
     labels = inputs.labels.to(torch.bool)
     return inputs.policy_logps - inputs.reference_logps, labels
 
 
 def _unpaired_metrics(rewards: Tensor, labels: Tensor, inputs: LossInputs) -> Dict[str, Tensor]:
-    """``rewards/chosen`` and ``rewards/rejected`` are means over desirable/undesirable examples."""
+    """``rewards/chosen``/``rewards/rejected``: means over desirable/undesirable examples (0 when the
+    batch has none; ``count/*`` tell). Every batch reports the same keys, so metric gathering across
+    processes stays in step."""
     rewards = rewards.detach()
-    metrics: Dict[str, Tensor] = {}
-    n_d, n_u = labels.sum(), (~labels).sum()
-    metrics["count/desirable"] = n_d.to(rewards.dtype)
-    metrics["count/undesirable"] = n_u.to(rewards.dtype)
-    if n_d > 0:
-        metrics["rewards/chosen"] = rewards[labels].mean()
-        metrics["logps/chosen"] = inputs.policy_logps.detach()[labels].mean()
-    if n_u > 0:
-        metrics["rewards/rejected"] = rewards[~labels].mean()
-        metrics["logps/rejected"] = inputs.policy_logps.detach()[~labels].mean()
-    if n_d > 0 and n_u > 0:
-        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    logps = inputs.policy_logps.detach()
+    d = labels.to(rewards.dtype)
+    u = 1.0 - d
+
+    def mean(values: Tensor, mask: Tensor) -> Tensor:
+        return (values * mask).sum() / mask.sum().clamp_min(1)
+
+    metrics: Dict[str, Tensor] = {
+        "count/desirable": d.sum(),
+        "count/undesirable": u.sum(),
+        "rewards/chosen": mean(rewards, d),
+        "rewards/rejected": mean(rewards, u),
+        "logps/chosen": mean(logps, d),
+        "logps/rejected": mean(logps, u),
+    }
+    metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
     return metrics
 
 
@@ -97,7 +103,7 @@ def kto_loss(
     when processes hold equally many examples. Same value as TRL ``KTOTrainer`` otherwise.
     Source: Ethayarajh et al. 2024, arXiv 2402.01306.
     """
-    r, labels = _unpaired_logratios(inputs, "kto")
+    r, labels = _unpaired_logratios(inputs)
     inputs.require("kl_policy_logps", "kl_reference_logps")
     z_ref = global_mean(inputs.kl_policy_logps - inputs.kl_reference_logps).clamp_min(0)
     desirable = desirable_weight * (1.0 - torch.sigmoid(beta * (r - z_ref)))
@@ -127,7 +133,7 @@ def apo_zero_unpaired_loss(
     desirable/undesirable weights. Default ``beta`` 0.1.
     Source: D'Oosterlinck et al. 2024, arXiv 2408.06266.
     """
-    r, labels = _unpaired_logratios(inputs, "apo_zero_unpaired")
+    r, labels = _unpaired_logratios(inputs)
     loss = torch.where(
         labels,
         desirable_weight * torch.sigmoid(-beta * r),
@@ -172,7 +178,7 @@ class BCOLoss:
         self.training = True
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
-        r, labels = _unpaired_logratios(inputs, "bco")
+        r, labels = _unpaired_logratios(inputs)
         rewards = self.beta * r
         if self.training:
             self.running.update(rewards)
@@ -187,7 +193,7 @@ class BCOLoss:
             undesirable = undesirable * weight
         loss = torch.where(labels, desirable, undesirable)
         metrics = _unpaired_metrics(rewards, labels, inputs)
-        metrics["bco/delta"] = torch.tensor(float(delta))
+        metrics["bco/delta"] = torch.tensor(float(delta), dtype=loss.dtype, device=loss.device)
         return LossOutput(loss, metrics)
 
     def state_dict(self):

@@ -25,6 +25,7 @@ from ..engine import LogProbEngine
 from ..eval.generation import HFSampler, SamplingConfig
 from ..eval.preference import evaluate_pairs
 from ..losses import Needs, get_spec
+from ..paths import safe_join
 from ..reference import ModelReference
 from ..tiny import tiny_llama, train_tokenizer
 from .parity import ParityTask, build_pairs
@@ -106,7 +107,7 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
     from ..train.sft import sft_train
 
     nll = sft_train(model, tokenizer, task.demonstrations(train_numbers), steps=settings.warmup_steps, seed=settings.seed)
-    warmup_dir = os.path.join(out, "warmup")
+    warmup_dir = safe_join(out, "warmup")
     model.save_pretrained(warmup_dir, safe_serialization=True)
     tokenizer.save_pretrained(warmup_dir)
     log(f"      warm-up NLL {nll:.3f}; saved to {warmup_dir}")
@@ -119,9 +120,9 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
                               settings.seed)
     heldout_rows = build_pairs(task, eval_prompts, sampler.sample(eval_prompts, settings.samples_per_prompt)[0],
                                settings.seed + 1)
-    pairs_path = os.path.join(out, "pairs.jsonl")
+    pairs_path = safe_join(out, "pairs.jsonl")
     _jsonl(pairs_path, train_pairs)
-    _jsonl(os.path.join(out, "heldout_pairs.jsonl"), heldout_rows)
+    _jsonl(safe_join(out, "heldout_pairs.jsonl"), heldout_rows)
     heldout, _ = tokenize_examples([PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in heldout_rows],
                                    tokenizer, max_length=64)
     log(f"      {len(train_pairs)} training pairs, {len(heldout)} held-out pairs")
@@ -134,21 +135,26 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
         loss_section["beta"] = settings.reference_beta
     config = from_dict({
         "model": {"name_or_path": warmup_dir},
-        "data": {"train": pairs_path, "max_length": 64},
+        "data": {"train": pairs_path, "eval": safe_join(out, "heldout_pairs.jsonl"), "max_length": 64},
         "loss": loss_section,
         "reference": {"kind": "copy" if spec.needs.reference else "none"},
-        "train": {"output_dir": os.path.join(out, "train"), "seed": settings.seed, "epochs": settings.dpo_epochs,
+        "train": {"output_dir": safe_join(out, "train"), "seed": settings.seed, "epochs": settings.dpo_epochs,
                   "batch_size": settings.dpo_batch_size, "lr": settings.dpo_lr, "scheduler": "cosine",
                   "warmup_ratio": 0.05, "log_every": 5, "report_to": [], "progress_bar": False,
-                  "mixed_precision": "no"},
+                  "mixed_precision": "no", "monitor": {"judge": "parity", "samples": 2, "max_new_tokens": 8}},
     })
     Trainer(config).fit()
 
     log("[5/5] evaluating before and after")
-    final_dir = os.path.join(out, "train", "final")
+    final_dir = safe_join(out, "train", "final")
     aligned = AutoModelForCausalLM.from_pretrained(final_dir, use_safetensors=True)
     reference_model = AutoModelForCausalLM.from_pretrained(warmup_dir, use_safetensors=True)
     after = evaluate_policy(aligned, reference_model, tokenizer, task, eval_prompts, heldout, settings.seed + 2)
+    from ..eval.suite import evaluate_into_run  # eval.json + samples.jsonl for `dpokit report`
+
+    evaluate_into_run(aligned, reference_model, tokenizer, heldout, out, judge="parity", max_new_tokens=8,
+                      seed=settings.seed + 3, beta=config.loss.get("beta", 0.1),
+                      meta={"model": final_dir, "reference": warmup_dir})
     summary = {
         "task": "parity",
         "loss": settings.loss,
@@ -159,10 +165,10 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
         "seconds": round(time.time() - started, 1),
         "run_dir": out,
     }
-    with open(os.path.join(out, "summary.json"), "w") as handle:
+    with open(safe_join(out, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
     log(format_table(before, after))
-    log(f"summary: {os.path.join(out, 'summary.json')}  ({summary['seconds']} s)")
+    log(f"summary: {safe_join(out, 'summary.json')}  ({summary['seconds']} s)")
     return summary
 
 

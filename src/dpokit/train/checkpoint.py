@@ -28,9 +28,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..paths import UnsafePathError, safe_join
+
 logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+TEMP_DIR = re.compile(r"^\.tmp-step-\d+-(\d+)$")
+REQUIRED_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "extra.pt", "trainer_state.json")
+# FSDP / DeepSpeed checkpoints: accelerate's save_state output under ENGINE_DIR/ instead of model/optimizer files
+ENGINE_DIR = "engine"
+ENGINE_INDEX = "engine_state.json"
+ENGINE_REQUIRED_FILES = ("scheduler.pt", "extra.pt", "trainer_state.json", ENGINE_INDEX)
 
 
 class CheckpointError(RuntimeError):
@@ -91,6 +99,33 @@ def restore_rng(state: Dict[str, Any], torch_states: Dict[str, torch.Tensor]) ->
         torch.cuda.set_rng_state_all([cuda[i] for i in range(cuda.shape[0])])
 
 
+def step_path(directory: str, step: int) -> str:
+    return os.path.join(directory, f"step-{step:06d}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temp(directory: str) -> List[str]:
+    """Delete temporary checkpoint directories left by processes that died while saving."""
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for name in os.listdir(directory):
+        match = TEMP_DIR.match(name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
 def save_checkpoint(
     directory: str,
     step: int,
@@ -102,7 +137,8 @@ def save_checkpoint(
     keep_last: int = 2,
 ) -> str:
     os.makedirs(directory, exist_ok=True)
-    final = os.path.join(directory, f"step-{step:06d}")
+    remove_stale_temp(directory)
+    final = step_path(directory, step)
     tmp = os.path.join(directory, f".tmp-step-{step:06d}-{os.getpid()}")
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
@@ -156,14 +192,33 @@ def rotate(directory: str, keep_last: int) -> None:
 
 
 def verify(path: str) -> None:
+    """Raise :class:`CheckpointError` unless every file matches the manifest (size and digest) and
+    the manifest covers every file a checkpoint needs. Names in the manifest are plain file names."""
     manifest_path = os.path.join(path, "manifest.json")
     if not os.path.exists(manifest_path):
         raise CheckpointError(f"{path}: no manifest.json (incomplete checkpoint)")
-    with open(manifest_path) as handle:
-        manifest = json.load(handle)
+    try:
+        with open(manifest_path, "rb") as handle:
+            manifest = json.loads(handle.read().decode("utf-8"))
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"{path}: manifest.json is unreadable ({err})") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path}: manifest.json is not a mapping of files")
+    engine = ENGINE_INDEX in manifest  # nested names are allowed under ENGINE_DIR/ only
+    missing = [name for name in (ENGINE_REQUIRED_FILES if engine else REQUIRED_FILES) if name not in manifest]
+    if missing:
+        raise CheckpointError(f"{path}: the manifest lacks {missing} (incomplete checkpoint)")
     for name, entry in manifest.items():
-        file = os.path.join(path, name)
-        if not os.path.exists(file):
+        try:
+            file = safe_join(path, name)
+        except UnsafePathError as err:
+            raise CheckpointError(f"{path}: manifest entry {name!r} is not a file of the checkpoint ({err})") from None
+        nested = os.path.dirname(os.path.relpath(file, path))
+        if nested and not (engine and nested.split(os.sep)[0] == ENGINE_DIR):
+            raise CheckpointError(f"{path}: manifest entry {name!r} is not a plain file name")
+        if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or not isinstance(entry.get("blake2b"), str):
+            raise CheckpointError(f"{path}: manifest entry {name!r} is malformed")
+        if not os.path.isfile(file):
             raise CheckpointError(f"{path}: {name} is missing")
         if os.path.getsize(file) != entry["size"] or _digest(file) != entry["blake2b"]:
             raise CheckpointError(f"{path}: {name} does not match its manifest (damaged checkpoint)")
@@ -191,6 +246,92 @@ def load_checkpoint(path: str, model, optimizer, scheduler) -> Dict[str, Any]:
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
     optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
+    extra = torch.load(os.path.join(path, "extra.pt"), weights_only=True)
+    with open(os.path.join(path, "trainer_state.json")) as handle:
+        state = json.load(handle)
+    restore_rng(state["rng"], extra["rng"])
+    state["loss_state"] = extra.get("loss", {})
+    return state
+
+
+# ---- checkpoints of engines that split the state over processes (FSDP, DeepSpeed) ------------------
+
+def is_engine_checkpoint(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, ENGINE_INDEX))
+
+
+def save_engine_checkpoint(
+    directory: str,
+    step: int,
+    accelerator,
+    scheduler,
+    trainer_state: Dict[str, Any],
+    loss_state: Optional[Dict[str, Any]] = None,
+    keep_last: int = 2,
+) -> str:
+    """Like :func:`save_checkpoint` for FSDP and DeepSpeed, where each process holds a shard of
+    the weights and optimizer state. Every process calls it: ``accelerator.save_state`` writes the
+    shards under ``engine/`` (FSDP's ``state_dict_type`` decides their form; DeepSpeed writes its
+    ZeRO checkpoint); the main process adds the scheduler, loss and trainer state and a manifest
+    covering every file, then renames the directory into place. ``directory`` must be on a file
+    system every process sees."""
+    from ..distributed import broadcast_object
+
+    main = accelerator.is_main_process
+    final = step_path(directory, step)
+    tmp = os.path.join(directory, f".tmp-step-{step:06d}-{broadcast_object(os.getpid())}")
+    if main:
+        os.makedirs(directory, exist_ok=True)
+        remove_stale_temp(directory)
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        os.makedirs(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(os.path.join(tmp, ENGINE_DIR))
+    accelerator.wait_for_everyone()
+    if main:
+        try:
+            torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+            torch_states = {"cpu": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                torch_states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+            torch.save({"rng": torch_states, "loss": loss_state or {}}, os.path.join(tmp, "extra.pt"))
+            with open(os.path.join(tmp, "trainer_state.json"), "w") as handle:
+                json.dump(dict(trainer_state, step=step, rng=rng_state()), handle)
+            with open(os.path.join(tmp, ENGINE_INDEX), "w") as handle:
+                json.dump({"format": "accelerate-save-state", "dir": ENGINE_DIR,
+                           "distributed_type": str(accelerator.distributed_type),
+                           "num_processes": accelerator.num_processes}, handle)
+            files = sorted(os.path.relpath(os.path.join(root, name), tmp)
+                           for root, _, names in os.walk(tmp) for name in names)
+            manifest = {name: {"size": os.path.getsize(os.path.join(tmp, name)),
+                               "blake2b": _digest(os.path.join(tmp, name))} for name in files}
+            with open(os.path.join(tmp, "manifest.json"), "w") as handle:
+                json.dump(manifest, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            for name in files:
+                with open(os.path.join(tmp, name), "rb") as handle:
+                    os.fsync(handle.fileno())
+            for root, _, _ in os.walk(tmp):
+                _fsync_dir(root)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        rotate(directory, keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_engine_checkpoint(path: str, accelerator, scheduler) -> Dict[str, Any]:
+    """Restore a checkpoint written by :func:`save_engine_checkpoint` on every process (the caller
+    verified it); returns the trainer state (with ``loss_state``)."""
+    accelerator.load_state(os.path.join(path, ENGINE_DIR))
     scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
     extra = torch.load(os.path.join(path, "extra.pt"), weights_only=True)
     with open(os.path.join(path, "trainer_state.json")) as handle:

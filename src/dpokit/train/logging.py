@@ -30,8 +30,16 @@ class MetricsLog:
         """On resume, drop lines logged after the checkpoint so the file has no duplicate steps."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        with open(self.path) as handle:
-            kept = [line for line in handle if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = []
+        with open(self.path, "rb") as handle:
+            for raw in handle:
+                try:  # a line torn by a crash (or a full disk) mid-write is dropped, not fatal
+                    record = json.loads(raw.decode("utf-8"))
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("step", 0), (int, float)) \
+                        and record.get("step", 0) <= step:
+                    kept.append(raw.decode("utf-8").rstrip("\n") + "\n")
         tmp = self.path + ".tmp"
         with open(tmp, "w") as handle:
             handle.writelines(kept)

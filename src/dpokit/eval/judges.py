@@ -1,0 +1,60 @@
+"""Judges for generation-based evaluation: ``judge(prompt, response) -> float`` (higher is better).
+
+``load_judge(spec)`` accepts
+
+* a built-in name: ``parity`` (the reward of the built-in task behind ``dpokit demo``: 1 when the
+  last ``even``/``odd`` word of the response is right for the prompt's number, else 0);
+* ``package.module:function`` (an importable module);
+* ``path/to/file.py:function`` (a Python file, loaded without putting it on ``sys.path``).
+
+A judge may return ``bool`` or ``int``; scores are converted to ``float``. A verifier is a judge
+returning 0/1; a reward model is a judge wrapping the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from typing import Callable, Dict
+
+Judge = Callable[[str, str], float]
+
+
+def parity_judge(prompt: str, response: str) -> float:
+    from ..tasks.parity import ParityTask
+
+    return ParityTask().reward(prompt, response)
+
+
+BUILTIN_JUDGES: Dict[str, Judge] = {"parity": parity_judge}
+
+
+def load_judge(spec) -> Judge:
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"judge: expected a name or 'module:function', got {spec!r}")
+    if spec in BUILTIN_JUDGES:
+        return BUILTIN_JUDGES[spec]
+    if ":" not in spec:
+        raise ValueError(f"judge {spec!r}: not a built-in judge ({', '.join(sorted(BUILTIN_JUDGES))}) and not "
+                         "'module:function' or 'file.py:function'")
+    target, _, attribute = spec.rpartition(":")
+    if target.endswith(".py"):
+        if not os.path.exists(target):
+            raise FileNotFoundError(f"judge file not found: {target}")
+        name = "dpokit_judge_" + os.path.splitext(os.path.basename(target))[0]
+        module_spec = importlib.util.spec_from_file_location(name, target)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ValueError(f"judge {spec!r}: {attribute!r} is not a callable in {target}")
+    return function
+
+
+def judge_name(spec) -> str:
+    return spec if isinstance(spec, str) else getattr(spec, "__qualname__", getattr(spec, "__name__", repr(spec)))

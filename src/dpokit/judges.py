@@ -1,0 +1,300 @@
+"""Judges: what decides which of a policy's responses is better in online training.
+
+Two kinds, two small interfaces:
+
+* a **pointwise** judge scores each response (higher is better)::
+
+      judge.score(prompts, responses) -> list[float]        # one score per (prompt, response)
+
+  - :class:`CallableJudge`: a Python function ``fn(prompt, response) -> float`` (a verifier, a rule,
+    your own scorer), given as an object or loaded from ``"module:function"`` /
+    ``"path/file.py:function"`` / a built-in name (see :func:`dpokit.eval.judges.load_judge`);
+  - :class:`RewardModelJudge`: a Hugging Face sequence-classification reward model
+    (``AutoModelForSequenceClassification``, one output), safetensors weights only,
+    ``trust_remote_code`` off unless asked. ``dpokit train-rm`` trains one.
+
+* a **pairwise** judge gives the probability that the first of two responses is preferred::
+
+      judge.prefer(prompts, first, second) -> list[float]   # P(first > second), in [0, 1]
+
+  - :class:`BradleyTerryJudge`: from a pointwise judge, ``P = sig(scale * (s_a - s_b))``
+    (``mode="hard"``: 1, 0.5 or 0 by comparing the scores);
+  - :class:`CallablePairwiseJudge`: ``fn(prompt, a, b)`` returning a probability, a bool, or 0/1.
+
+:func:`judge_group` turns either kind into what online strategies read for one prompt and its K
+responses: per-response scores and the K x K matrix ``W[i][j] = P(y_i > y_j)`` (diagonal 0.5). With
+a pairwise judge the score of a response is its mean win rate against the group (the estimate SPPO
+trains on); with a pointwise judge the matrix is derived from the scores.
+
+:func:`build_judge` builds a judge from a config mapping (``online.judge``); the kinds are a
+registry (:data:`JUDGES`), not a chain of branches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class PointwiseJudge(Protocol):
+    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> List[float]: ...
+
+
+@runtime_checkable
+class PairwiseJudge(Protocol):
+    def prefer(self, prompts: Sequence[Any], first: Sequence[str], second: Sequence[str]) -> List[float]: ...
+
+
+def _finite(value: Any, what: str) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{what} returned a non-finite score ({value})")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+# Pointwise judges
+# ------------------------------------------------------------------------------------------------
+class CallableJudge:
+    """A Python callable as a judge. ``batched=True``: ``fn(prompts, responses) -> list``."""
+
+    def __init__(self, fn: Any, batched: bool = False):
+        if not callable(fn):
+            from .eval.judges import load_judge
+
+            fn = load_judge(fn)
+        self.fn = fn
+        self.batched = batched
+        self.name = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> List[float]:
+        if len(prompts) != len(responses):
+            raise ValueError("score: prompts and responses must have the same length")
+        if self.batched:
+            values = list(self.fn(list(prompts), list(responses)))
+            if len(values) != len(responses):
+                raise ValueError(f"judge {self.name}: returned {len(values)} scores for {len(responses)} responses")
+        else:
+            values = [self.fn(p, r) for p, r in zip(prompts, responses)]
+        return [_finite(v, f"judge {self.name}") for v in values]
+
+
+def reward_model_text(tokenizer, prompt: Any, response: Any) -> str:
+    """What a reward model reads: prompt + response as text, or the chat-templated conversation."""
+    if isinstance(prompt, str) and isinstance(response, str):
+        return prompt + response
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    reply = response if isinstance(response, list) else [{"role": "assistant", "content": response}]
+    return tokenizer.apply_chat_template(messages + reply, tokenize=False)
+
+
+def reward_model_scores(model, tokenizer, prompts: Sequence[Any], responses: Sequence[Any], batch_size: int = 16,
+                        max_length: int = 1024, grad: bool = False) -> torch.Tensor:
+    """Scalar rewards [N] of a sequence-classification model (first output). Long texts keep their
+    end (the response). ``grad=True`` keeps the graph (reward-model training)."""
+    texts = [reward_model_text(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    device = next(model.parameters()).device
+    side = tokenizer.truncation_side, tokenizer.padding_side
+    tokenizer.truncation_side, tokenizer.padding_side = "left", "right"
+    out = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                            max_length=max_length).to(device)
+            with torch.set_grad_enabled(grad):
+                logits = model(**enc).logits
+            out.append(logits[:, 0].float())
+    finally:
+        tokenizer.truncation_side, tokenizer.padding_side = side
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+class RewardModelJudge:
+    """A sequence-classification reward model: score = its first output on prompt + response."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int = 1024):
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id  # the model pools the last non-pad token
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    @classmethod
+    def from_pretrained(cls, path: str, trust_remote_code: bool = False, dtype: str = "auto", device: str = "auto",
+                        batch_size: int = 16, max_length: int = 1024) -> "RewardModelJudge":
+        model, tokenizer = load_reward_model(path, trust_remote_code=trust_remote_code, dtype=dtype)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls(model.to(device), tokenizer, batch_size, max_length)
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> List[float]:
+        return reward_model_scores(self.model, self.tokenizer, prompts, responses, self.batch_size,
+                                   self.max_length).tolist()
+
+
+def load_reward_model(path: str, trust_remote_code: bool = False, dtype: str = "auto", num_labels: int = 1):
+    """``AutoModelForSequenceClassification`` + tokenizer from a local directory or hub id;
+    safetensors weights only. A causal-LM checkpoint gets a fresh, untrained score head."""
+    from transformers import AutoModelForSequenceClassification
+
+    from .models import DTYPES, load_tokenizer
+
+    kwargs: Dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True,
+                              "num_labels": num_labels}
+    if dtype != "auto":
+        kwargs["dtype"] = DTYPES[dtype]
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except OSError as err:
+        if "safetensors" in str(err).lower():
+            raise OSError(f"{path}: no safetensors weights found; dpokit does not unpickle .bin weights") from err
+        raise
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+# ------------------------------------------------------------------------------------------------
+# Pairwise judges
+# ------------------------------------------------------------------------------------------------
+def pair_probability(a: float, b: float, mode: str = "bradley_terry", scale: float = 1.0) -> float:
+    """P(a preferred over b) from two scores: ``sig(scale (a - b))`` or hard 1 / 0.5 / 0."""
+    if mode == "hard":
+        return 1.0 if a > b else (0.5 if a == b else 0.0)
+    if mode != "bradley_terry":
+        raise ValueError(f"unknown pairwise mode {mode!r} (bradley_terry or hard)")
+    return 1.0 / (1.0 + math.exp(-max(min(scale * (a - b), 60.0), -60.0)))
+
+
+class BradleyTerryJudge:
+    """Pairwise judge from a pointwise one (``P = sig(scale * (s_a - s_b))``, or ``mode="hard"``)."""
+
+    def __init__(self, judge: PointwiseJudge, mode: str = "bradley_terry", scale: float = 1.0):
+        pair_probability(0.0, 0.0, mode, scale)  # validates mode
+        self.judge, self.mode, self.scale = judge, mode, scale
+
+    def prefer(self, prompts, first, second) -> List[float]:
+        a = self.judge.score(prompts, first)
+        b = self.judge.score(prompts, second)
+        return [pair_probability(x, y, self.mode, self.scale) for x, y in zip(a, b)]
+
+
+class CallablePairwiseJudge:
+    """``fn(prompt, a, b)`` -> probability that ``a`` is preferred (a bool or 0/1 works too)."""
+
+    def __init__(self, fn: Any):
+        if not callable(fn):
+            from .eval.judges import load_judge
+
+            fn = load_judge(fn)
+        self.fn = fn
+        self.name = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+
+    def prefer(self, prompts, first, second) -> List[float]:
+        out = []
+        for p, a, b in zip(prompts, first, second):
+            value = _finite(self.fn(p, a, b), f"pairwise judge {self.name}")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"pairwise judge {self.name} returned {value}; expected a probability in [0, 1]")
+            out.append(value)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Judging a group of responses
+# ------------------------------------------------------------------------------------------------
+def judge_group(judge, prompt: Any, responses: Sequence[str], mode: str = "bradley_terry",
+                scale: float = 1.0) -> Tuple[List[float], List[List[float]]]:
+    """``(scores, W)`` for one prompt's responses; ``W[i][j] = P(y_i > y_j)``, ``W[i][i] = 0.5``.
+
+    Pointwise judge: scores as given, ``W`` from them (``mode``/``scale`` as :func:`pair_probability`).
+    Pairwise judge: each unordered pair is judged once (``W[j][i] = 1 - W[i][j]``) and the score of
+    ``y_i`` is its mean win rate ``mean_j W[i][j]`` over the group (itself included, at 0.5).
+    """
+    k = len(responses)
+    if isinstance(judge, PointwiseJudge):
+        scores = judge.score([prompt] * k, list(responses))
+        win = [[pair_probability(scores[i], scores[j], mode, scale) if i != j else 0.5 for j in range(k)]
+               for i in range(k)]
+        return scores, win
+    if not isinstance(judge, PairwiseJudge):
+        raise TypeError(f"{type(judge).__name__} is neither a pointwise judge (score) nor a pairwise judge (prefer)")
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    probs = judge.prefer([prompt] * len(pairs), [responses[i] for i, _ in pairs], [responses[j] for _, j in pairs])
+    win = [[0.5] * k for _ in range(k)]
+    for (i, j), p in zip(pairs, probs):
+        win[i][j], win[j][i] = p, 1.0 - p
+    return [sum(row) / k for row in win], win
+
+
+def win_rates(win: Sequence[Sequence[float]], against: Optional[Sequence[int]] = None) -> List[float]:
+    """Mean win probability of each response against the responses ``against`` (default: all)."""
+    cols = list(range(len(win))) if against is None else list(against)
+    return [sum(row[j] for j in cols) / len(cols) for row in win]
+
+
+# ------------------------------------------------------------------------------------------------
+# Building judges from config
+# ------------------------------------------------------------------------------------------------
+JUDGES: Dict[str, Callable[..., Any]] = {}
+
+
+def register_judge(kind: str):
+    def decorator(factory):
+        JUDGES[kind] = factory
+        return factory
+
+    return decorator
+
+
+@register_judge("callable")
+def _callable(function: str, batched: bool = False):
+    """A Python function ``(prompt, response) -> score``: ``module:function``, ``file.py:function`` or a built-in."""
+    return CallableJudge(function, batched=batched)
+
+
+@register_judge("reward_model")
+def _reward_model(path: str, trust_remote_code: bool = False, dtype: str = "auto", device: str = "auto",
+                  batch_size: int = 16, max_length: int = 1024):
+    """A sequence-classification reward model (local directory or hub id; safetensors)."""
+    return RewardModelJudge.from_pretrained(path, trust_remote_code, dtype, device, batch_size, max_length)
+
+
+@register_judge("pairwise_callable")
+def _pairwise_callable(function: str):
+    """A Python function ``(prompt, a, b) -> P(a preferred)``."""
+    return CallablePairwiseJudge(function)
+
+
+@register_judge("bradley_terry")
+def _bradley_terry(judge: Dict[str, Any], mode: str = "bradley_terry", scale: float = 1.0):
+    """Pairwise judge from a pointwise one given as a nested mapping (``judge: {kind: ...}``)."""
+    return BradleyTerryJudge(build_judge(judge), mode, scale)
+
+
+def build_judge(spec: Any):
+    """A judge from ``{"kind": ..., **arguments}`` (``online.judge``), or a judge object as is.
+
+    A string is shorthand for ``{"kind": "callable", "function": spec}``.
+    """
+    if isinstance(spec, (PointwiseJudge, PairwiseJudge)):
+        return spec
+    if isinstance(spec, str) or callable(spec):
+        return CallableJudge(spec)
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ValueError(f"judge: expected a mapping with 'kind' ({', '.join(sorted(JUDGES))}), got {spec!r}")
+    arguments = {k: v for k, v in spec.items() if k != "kind"}
+    factory = JUDGES.get(spec["kind"])
+    if factory is None:
+        raise ValueError(f"judge kind {spec['kind']!r} is not one of {', '.join(sorted(JUDGES))}")
+    try:
+        return factory(**arguments)
+    except TypeError as err:
+        raise ValueError(f"judge kind {spec['kind']!r}: {err}") from None

@@ -1,0 +1,119 @@
+"""Judges (callable, reward model, pairwise) and Bradley-Terry reward-model training."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from dpokit.judges import (BradleyTerryJudge, CallableJudge, CallablePairwiseJudge, RewardModelJudge, build_judge,
+                           judge_group, pair_probability)
+
+from .conftest import JUDGE_SPEC, length_judge
+
+
+def test_callable_judge_from_object_module_file_and_builtin():
+    assert CallableJudge(length_judge).score(["p", "p"], ["a b c", "a"]) == [0.0, -2.0]
+    from_file = build_judge({"kind": "callable", "function": JUDGE_SPEC})
+    assert from_file.score(["p"], ["a b c d"]) == [-1.0]
+    parity = build_judge("dpokit.tasks.online_demo:parity_reward")
+    assert parity.score(["number : 0 0 4 . even or odd ?"] * 2, ["it is even", "odd"]) == [1.0, 0.0]
+    batched = CallableJudge(lambda ps, rs: [len(r) for r in rs], batched=True)
+    assert batched.score(["x", "y"], ["ab", "abc"]) == [2.0, 3.0]
+    with pytest.raises(ValueError, match="non-finite"):
+        CallableJudge(lambda p, r: float("nan")).score(["p"], ["r"])
+    with pytest.raises(ValueError, match="kind"):
+        build_judge({"kind": "oracle"})
+
+
+def test_pairwise_judges_and_group_win_matrix():
+    assert pair_probability(1.0, 0.0) == pytest.approx(1 / (1 + math.exp(-1)))
+    assert [pair_probability(a, b, "hard") for a, b in ((1, 0), (0, 0), (0, 1))] == [1.0, 0.5, 0.0]
+    bt = BradleyTerryJudge(CallableJudge(length_judge), scale=2.0)
+    assert bt.prefer(["p"], ["a b c"], ["a"]) == [pytest.approx(1 / (1 + math.exp(-4)))]
+    # pointwise: scores as given, win matrix from them
+    scores, win = judge_group(CallableJudge(length_judge), "p", ["a b c", "a", "a b"], mode="hard")
+    assert scores == [0.0, -2.0, -1.0]
+    assert win == [[0.5, 1.0, 1.0], [0.0, 0.5, 0.0], [0.0, 1.0, 0.5]]
+    # pairwise: each unordered pair judged once; the score is the mean win rate
+    calls = []
+
+    def longer(prompt, a, b):
+        calls.append((a, b))
+        return 0.9 if len(a) > len(b) else 0.1
+
+    scores, win = judge_group(CallablePairwiseJudge(longer), "p", ["aaa", "a", "aa"])
+    assert len(calls) == 3
+    for i in range(3):
+        assert win[i][i] == 0.5
+        for j in range(3):
+            if i != j:
+                assert win[i][j] + win[j][i] == pytest.approx(1.0)
+    assert scores == pytest.approx([(0.5 + 0.9 + 0.9) / 3, (0.1 + 0.5 + 0.1) / 3, (0.1 + 0.9 + 0.5) / 3])
+    with pytest.raises(ValueError, match="probability"):
+        CallablePairwiseJudge(lambda p, a, b: 2.0).prefer(["p"], ["a"], ["b"])
+
+
+@pytest.fixture(scope="module")
+def rm_setup(tmp_path_factory):
+    """A tiny LlamaForSequenceClassification built in-process, saved like a hub checkpoint."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from dpokit.tiny import train_tokenizer
+
+    words = "good fine nice great bad awful poor ugly the a is it".split()
+    tokenizer = train_tokenizer([" ".join(words)], vocab_size=64, word_level=True)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    path = tmp_path_factory.mktemp("rm-init")
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    rows = []
+    import random
+
+    rng = random.Random(0)
+    for i in range(48):
+        prompt = "it is"
+        chosen = " " + " ".join(rng.choice(words[:4]) for _ in range(rng.randint(1, 3)))
+        rejected = " " + " ".join(rng.choice(words[4:8]) for _ in range(rng.randint(1, 3)))
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "margin": 0.5})
+    data = tmp_path_factory.mktemp("rm-data") / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path), str(data)
+
+
+def test_bradley_terry_loss_with_margin():
+    from dpokit.train.reward_model import bradley_terry_loss
+
+    chosen, rejected, margin = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.0])
+    torch.testing.assert_close(bradley_terry_loss(chosen, rejected, margin),
+                               -torch.nn.functional.logsigmoid(chosen - rejected - margin))
+
+
+def test_train_rm_then_judge_and_rm_margin(rm_setup, tmp_path):
+    from dpokit.cli import main
+    from dpokit.data import load_examples
+
+    init, data = rm_setup
+    out = tmp_path / "rm"
+    assert main(["train-rm", "--model", init, "--data", data, "--output-dir", str(out), "--epochs", "4",
+                 "--lr", "3e-3", "--batch-size", "8", "--margin-column", "margin", "--eval-fraction", "0.25"]) == 0
+    summary = json.loads((out / "rm_summary.json").read_text())
+    assert summary["eval_after"]["accuracy"] >= 0.9 > summary["eval_before"]["accuracy"] - 0.5
+    assert (out / "model.safetensors").exists()
+    judge = build_judge({"kind": "reward_model", "path": str(out)})
+    assert isinstance(judge, RewardModelJudge)
+    good, bad = judge.score(["it is", "it is"], [" good great", " awful ugly"])
+    assert good > bad
+    # the trained model as the source of MADPO margins
+    written = tmp_path / "with_margin.jsonl"
+    assert main(["rm-margin", "--rm", str(out), "--data", data, "--output", str(written)]) == 0
+    pairs = load_examples(str(written), "pairs")
+    assert len(pairs) == 48 and all("rm_margin" in p.extras for p in pairs)
+    assert sum(p.extras["rm_margin"] > 0 for p in pairs) >= 40
+    first = json.loads(written.read_text().splitlines()[0])
+    assert first["margin"] == 0.5  # the original columns are kept
