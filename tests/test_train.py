@@ -154,3 +154,19 @@ def test_eval_split_and_periodic_evaluation(tiny_model_dir, pairs_file, tmp_path
     evals = [r for r in read_metrics(tmp_path / "ev" / "metrics.jsonl") if "eval/loss" in r]
     assert [r["step"] for r in evals] == [2, 4]
     assert "eval/rewards/accuracies" in evals[0]
+
+
+def test_precomputed_reference_with_eval_set_matches_the_model(tiny_model_dir, pairs_file, tmp_path, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from dpokit.data import collate
+
+    raw = train_config(tiny_model_dir, pairs_file, tmp_path / "run", data={"eval_fraction": 0.25},
+                       reference={"precompute": True, "cache_dir": str(tmp_path / "cache")})
+    trainer = Trainer(from_dict(raw))
+    model = ModelReference(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    for examples in (trainer.train_examples[:4], trainer.eval_examples[:4]):
+        batch = collate(examples)
+        cached = trainer.reference.token_logprobs(trainer.engine, batch)
+        direct = model.token_logprobs(trainer.engine, batch)
+        torch.testing.assert_close(cached.sums, direct.sums, atol=1e-4, rtol=1e-5)

@@ -40,7 +40,7 @@ import logging
 import math
 import os
 import weakref
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -50,11 +50,12 @@ logger = logging.getLogger("dpokit")
 T = TypeVar("T")
 
 __all__ = [
-    "is_distributed", "world_size", "rank", "is_main_process", "barrier", "end_process_group", "shard_bounds", "shard_for_rank",
-    "gather_objects", "broadcast_object", "item_seed", "item_generator", "map_sharded", "reduce_weighted",
-    "all_reduce_sum", "epoch_plan", "EpochPlan", "forward_through", "link_wrapper", "engine_kind",
-    "cpu_only", "check_launch", "prepare_frozen", "fill_deepspeed_auto", "build_reference_cache",
-    "weights_fingerprint", "shards_parameters",
+    "is_distributed", "world_size", "rank", "is_main_process", "barrier", "end_process_group",
+    "shard_bounds", "shard_for_rank", "gather_objects", "broadcast_object", "item_seed", "item_generator",
+    "map_sharded", "reduce_weighted", "all_reduce_sum", "EpochPlan", "epoch_plan", "forward_through",
+    "link_wrapper", "engine_kind", "zero_stage", "shards_parameters", "cpu_only", "check_launch",
+    "fill_deepspeed_auto", "register_head_for_zero3", "prepare_frozen", "weights_fingerprint",
+    "build_reference_cache",
 ]
 
 
@@ -360,6 +361,9 @@ def fill_deepspeed_auto(accelerator, batch_size: int, max_grad_norm: Optional[fl
         raise ValueError(f"DeepSpeed config gradient_accumulation_steps={gas}: set it to 1 or \"auto\" and use "
                          "train.grad_accum instead")
     cfg["gradient_accumulation_steps"] = 1
+    zero = cfg.get("zero_optimization") or {}
+    if zero.get("stage") == 3 and zero.get("stage3_gather_16bit_weights_on_model_save", "auto") == "auto":
+        zero["stage3_gather_16bit_weights_on_model_save"] = True  # final/ holds the whole weights
 
 
 def register_head_for_zero3(accelerator, wrapped) -> None:

@@ -50,3 +50,13 @@ def evaluated_run(trained_run, judge_file):
                  "--judge", f"{judge_file}:judge", "--loss", "dpo", "--output", run, "--layer-positions", "128"])
     assert code == 0
     return trained_run
+
+
+@pytest.fixture(scope="session")
+def report_dir(evaluated_run, tmp_path_factory):
+    """``dpokit report RUN --output DIR`` on the evaluated run; returns DIR."""
+    from dpokit.cli import main
+
+    out = tmp_path_factory.mktemp("report") / "report"
+    assert main(["report", evaluated_run["run"], "--output", str(out)]) == 0
+    return out

@@ -77,9 +77,8 @@ def test_compare_table(evaluated_run, trained_run, capsys):
     assert row["sources"]["kl"] == "eval:kl" and row["sources"]["accuracy"] == "eval:preference_accuracy"
 
 
-def test_report_is_self_contained(evaluated_run, tmp_path):
-    out = tmp_path / "report"
-    assert main(["report", evaluated_run["run"], "--output", str(out)]) == 0
+def test_report_is_self_contained(report_dir):
+    out = report_dir
     page = (out / "index.html").read_text()
     for plot in ("curves", "monitor", "frontier", "margins", "layers"):
         assert (out / f"{plot}.png").stat().st_size > 1000

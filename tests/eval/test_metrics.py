@@ -100,3 +100,32 @@ def test_win_rate_and_margin_distribution():
     assert sum(same["histogram"]["counts"]) == 4
     mean, stderr = mean_and_stderr([1.0, 3.0])
     assert mean == 2.0 and stderr == pytest.approx(math.sqrt(2.0) / math.sqrt(2.0))
+
+
+def test_judges_load_and_score(tmp_path):
+    from dpokit.eval.judges import judge_name, load_judge, score_all
+
+    parity = load_judge("parity")
+    assert parity("number : 0 4 2 . even or odd ?", "it is even") == 1.0
+    assert parity("number : 0 4 2 . even or odd ?", "odd") == 0.0
+    path = tmp_path / "my_judge.py"
+    path.write_text("def words(prompt, response):\n    return len(response.split())\n")
+    words = load_judge(f"{path}:words")
+    assert score_all(words, ["p", "p"], ["a b", ""]) == [2.0, 0.0]
+    assert load_judge("os.path:join") is __import__("os").path.join
+
+    class Batched:
+        calls = 0
+
+        def score(self, prompts, responses):
+            Batched.calls += 1
+            return [len(r) for r in responses]
+
+    judge = Batched()
+    assert load_judge(judge) is judge and judge_name(judge) == "Batched"
+    assert score_all(judge, ["p"] * 3, ["a", "bb", ""]) == [1.0, 2.0, 0.0] and Batched.calls == 1
+    for bad in ("no_such_judge", f"{path}:missing"):
+        with pytest.raises(ValueError):
+            load_judge(bad)
+    with pytest.raises(FileNotFoundError):
+        load_judge("missing_file.py:f")

@@ -8,8 +8,6 @@ import subprocess
 
 import pytest
 
-from dpokit.cli import main
-
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PROBE = """<script>
@@ -32,11 +30,9 @@ def _chromium():
     pytest.skip("chromium is not installed (apt-get install -y chromium chromium-driver); CI installs it")
 
 
-def test_report_renders_with_every_plot_decoded(evaluated_run, tmp_path):
+def test_report_renders_with_every_plot_decoded(report_dir, tmp_path):
     browser = _chromium()
-    out = tmp_path / "report"
-    assert main(["report", evaluated_run["run"], "--output", str(out)]) == 0
-    page = (out / "index.html").read_text()
+    page = (report_dir / "index.html").read_text()
     probed = tmp_path / "probed.html"  # the report plus a probe script (the report itself has no script)
     probed.write_text(page.replace("</body>", PROBE + "</body>"))
     proc = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",

@@ -25,7 +25,7 @@ def test_sampler_interface(policy_dir, word_tokenizer):
     first = greedy.sample(["q a e :"], 2)[0][0]
     assert first[0] == first[1]
     try:
-        import vllm  # noqa: F401
+        import vllm  # noqa: F401  (only its absence is tested)
     except ImportError:
         with pytest.raises(RuntimeError, match="vllm"):
             VLLMSampler(policy_dir, word_tokenizer)

@@ -2,14 +2,11 @@
 SPPO's win probabilities, XPO/DNO/HyPO/OFS-DPO data, per-step refresh, TR-DPO sync, and resume."""
 
 import json
-import os
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from dpokit.config import ConfigError, from_dict
-from dpokit.judges import CallableJudge
 from dpokit.train.online import OnlineLoop, load_prompts, read_jsonl, select_pairs
 
 from .conftest import PROMPTS, length_judge, online_raw, same_weights
@@ -269,3 +266,12 @@ def test_config_validation(policy_dir, tmp_path):
         from_dict(raw)
     with pytest.raises(ConfigError, match="samples_per_prompt"):
         from_dict(online_raw(policy_dir, tmp_path / "run", "sppo", prompts="p.jsonl", samples_per_prompt=1))
+
+
+def test_listwise_loss_trains_on_the_judged_lists(policy_dir, prompts_file, tmp_path):
+    loop = loop_for(policy_dir, tmp_path, "online_dpo", prompts_file, rounds=1, samples_per_prompt=4,
+                    raw_updates={"loss": {"name": "plackett_luce", "beta": 0.5}, "data": {"kind": "lists"}})
+    loop.run()
+    rows = read_jsonl(str(tmp_path / "run" / "rounds" / "round-000" / "train.jsonl"))
+    assert rows and all(len(r["responses"]) == len(r["scores"]) >= 2 and len(set(r["scores"])) > 1 for r in rows)
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()

@@ -14,7 +14,7 @@ from dpokit.data import DataError, load_examples
 from dpokit.data import formats
 from dpokit.data.formats import iter_records, parse_pair, parse_unpaired
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 FIELDS = ["prompt", "chosen", "rejected", "completion", "label", "responses", "scores", "ranks", "metadata",
           "weight", "role", "content", "data", "id", "scores_x"]

@@ -27,6 +27,8 @@ def register(subparsers) -> None:
                                                    "default: the prompts of --data")
     p.add_argument("--max-prompts", type=int, default=None)
     p.add_argument("--judge", default=None, help="'parity' (built-in), 'module:function' or 'file.py:function'")
+    p.add_argument("--reward-model", default=None, metavar="PATH",
+                   help="judge with a sequence-classification reward model (e.g. from `dpokit train-rm`)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -101,7 +103,17 @@ def cmd_eval(args) -> int:
                             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed, batch_size=args.batch_size, diagnostics=not args.no_diagnostics,
                             layer_positions=args.layer_positions)
-    result, rows = evaluate_checkpoint(policy, reference, tokenizer, pairs, prompts, args.judge, loss_fn, settings)
+    judge = args.judge
+    if args.reward_model:
+        if judge:
+            print("dpokit eval: error: give --judge or --reward-model, not both", file=sys.stderr)
+            return 2
+        from ..judges import RewardModelJudge
+
+        judge = RewardModelJudge.from_pretrained(args.reward_model, args.trust_remote_code, device=str(device))
+    result, rows = evaluate_checkpoint(policy, reference, tokenizer, pairs, prompts, judge, loss_fn, settings)
+    if args.reward_model:
+        result["judge"] = f"reward_model:{args.reward_model}"
     result.update(model=args.model, reference=ref_path, dropped_by_truncation=dropped, step=info.get("step"),
                   loss_name=args.loss or (run_config.get("loss") or {}).get("name"))
     if args.output:

@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .diagnostics import completion_statistics, has_reference_model, sample_from_ids
-from .judges import load_judge
+from .judges import load_judge, score_all
 from .metrics import distinct_n
 from .preference import preference_accuracy
 
@@ -61,7 +61,7 @@ class MonitorOptions:
     k: int = 10
     batch_size: int = 16
     beta: Optional[float] = None  # default: the loss's beta, else 0.1
-    judge: Optional[str] = None
+    judge: Any = None  # 'module:function', a built-in name, or a dpokit.judges mapping {kind: ...}
     samples: Optional[int] = None  # answers per prompt; default 1 with a judge, else 0
     prompts: int = 32
     max_new_tokens: int = 32
@@ -89,11 +89,14 @@ class MonitorOptions:
             number = getattr(options, name)
             if isinstance(number, bool) or not isinstance(number, int) or number < (0 if name == "every" else 1):
                 raise ConfigError(f"train.monitor.{name}: expected a positive integer, got {number!r}")
-        if options.judge is not None:
+        if isinstance(options.judge, str):
             try:
                 load_judge(options.judge)
             except (ValueError, ImportError, FileNotFoundError) as err:
                 raise ConfigError(f"train.monitor.judge: {err}") from None
+        elif options.judge is not None and not isinstance(options.judge, dict):
+            raise ConfigError(f"train.monitor.judge: expected 'module:function', a built-in name or a mapping "
+                              f"such as {{kind: reward_model, path: ...}}, got {options.judge!r}")
         return options
 
 
@@ -105,7 +108,13 @@ def monitor_callback(value: Any) -> "Monitor":
 class Monitor:
     def __init__(self, options: MonitorOptions):
         self.options = options
-        self.judge = load_judge(options.judge) if options.judge else None
+        self.judge = None
+        if isinstance(options.judge, dict):  # {kind: reward_model, path: ...}: see dpokit.judges.build_judge
+            from ..judges import build_judge
+
+            self.judge = build_judge(options.judge)
+        elif options.judge:
+            self.judge = load_judge(options.judge)
         self.samples = options.samples if options.samples is not None else (1 if self.judge else 0)
         self.history: List[Dict[str, float]] = []
         self.baseline: Dict[str, float] = {}
@@ -147,7 +156,6 @@ class Monitor:
 
     @torch.no_grad()
     def measure(self, trainer) -> Dict[str, Any]:
-        opts = self.options
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         model.eval()
@@ -240,7 +248,8 @@ class Monitor:
             record["monitor/kl"] = float(stats["kl"].mean())
         if self.judge is not None:
             texts = [tokenizer.decode(p, skip_special_tokens=True) for p in prompts]
-            scores = [float(self.judge(t, s.text)) for t, group in zip(texts, samples) for s in group]
+            scores = score_all(self.judge, [t for t, group in zip(texts, samples) for _ in group],
+                               [s.text for s in answers])
             record["monitor/judge_reward"] = sum(scores) / len(scores)
         return record
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .diagnostics import as_model, completion_statistics, has_reference_model, layer_trace, sample_from_ids
-from .judges import judge_name, load_judge
+from .judges import judge_name, load_judge, score_all
 from .metrics import distinct_n, margin_distribution, mean_and_stderr, probe_accuracy, win_rate
 from .preference import evaluate_pairs
 
@@ -156,6 +156,16 @@ def load_prompts(path: str) -> List[Any]:
         return [line.rstrip("\n") for line in handle if line.strip()]
 
 
+def _group_scores(judge, texts: Sequence[str], groups) -> List[List[float]]:
+    flat = score_all(judge, [t for t, group in zip(texts, groups) for _ in group],
+                     [s.text for group in groups for s in group])
+    out, start = [], 0
+    for group in groups:
+        out.append(flat[start:start + len(group)])
+        start += len(group)
+    return out
+
+
 @torch.no_grad()
 def generation_metrics(policy, reference, tokenizer, prompts: Sequence[Tuple[List[int], str]], judge,
                        settings: EvalSettings) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
@@ -183,7 +193,7 @@ def generation_metrics(policy, reference, tokenizer, prompts: Sequence[Tuple[Lis
     rows = [{"prompt": t, "policy": [s.text for s in group]} for t, group in zip(texts, ours)]
     scores = None
     if judge is not None:
-        scores = [[float(judge(t, s.text)) for s in group] for t, group in zip(texts, ours)]
+        scores = _group_scores(judge, texts, ours)
         out["judge_reward"] = sum(map(sum, scores)) / max(len(answers), 1)
         for row, row_scores in zip(rows, scores):
             row["policy_scores"] = row_scores
@@ -202,7 +212,7 @@ def generation_metrics(policy, reference, tokenizer, prompts: Sequence[Tuple[Lis
         for row, group in zip(rows, theirs):
             row["reference"] = [s.text for s in group]
         if judge is not None:
-            ref_scores = [[float(judge(t, s.text)) for s in group] for t, group in zip(texts, theirs)]
+            ref_scores = _group_scores(judge, texts, theirs)
             out["judge_reward_reference"] = sum(map(sum, ref_scores)) / max(len(ref_answers), 1)
             out["win_rate"] = win_rate(scores, ref_scores)
             for row, row_scores in zip(rows, ref_scores):

@@ -60,7 +60,7 @@ def _jsonl(path: str, rows: List[dict]) -> None:
 def evaluate_policy(policy, reference_model, tokenizer, task: ParityTask, prompts, heldout_pairs, seed: int,
                     samples_per_prompt: int = 2) -> Dict[str, float]:
     """reward / kl / length from the policy's own samples; preference_accuracy on held-out pairs."""
-    sampler = HFSampler(policy, tokenizer, SamplingConfig(max_new_tokens=8, seed=seed))
+    sampler = HFSampler(policy, tokenizer, SamplingConfig(max_new_tokens=8, seed=seed, top_k=0))
     texts, ids = sampler.sample(prompts, samples_per_prompt)
     rewards = [task.reward(p, t) for p, group in zip(prompts, texts) for t in group]
     eos = tokenizer.eos_token_id
@@ -113,7 +113,7 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
     log(f"      warm-up NLL {nll:.3f}; saved to {warmup_dir}")
 
     log(f"[3/5] sampling {settings.samples_per_prompt} responses per prompt and labelling pairs with the reward")
-    sampler = HFSampler(model, tokenizer, SamplingConfig(max_new_tokens=8, seed=settings.seed + 1))
+    sampler = HFSampler(model, tokenizer, SamplingConfig(max_new_tokens=8, seed=settings.seed + 1, top_k=0))
     train_prompts = [task.prompt(n) for n in train_numbers]
     eval_prompts = [task.prompt(n) for n in eval_numbers]
     train_pairs = build_pairs(task, train_prompts, sampler.sample(train_prompts, settings.samples_per_prompt)[0],

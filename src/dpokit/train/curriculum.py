@@ -99,8 +99,8 @@ class CurriculumReferenceCallback:
 
     def __call__(self, trainer, step: int) -> None:
         epoch, micro = trainer.state["epoch"], trainer.state["micro"]
-        world = trainer.accelerator.num_processes
-        ends = [math.ceil(end / world) for end in self.order.stage_ends(epoch)]
+        plan = trainer.epoch_plan(epoch)  # global batches (all processes step through the same list)
+        ends = [plan.micro_after(end) for end in self.order.stage_ends(epoch)]
         finished = sum(1 for end in ends if micro >= end)
         if self._epoch != epoch:
             self._epoch, self._finished = epoch, 0

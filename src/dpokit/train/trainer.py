@@ -36,7 +36,7 @@ from ..engine import LogProbEngine
 from ..losses import LossInputs
 from ..models import load_causal_lm, load_policy
 from ..paths import safe_join
-from ..reference import AdapterDisabledReference, CachedReference, ModelReference
+from ..reference import AdapterDisabledReference, ModelReference
 from . import checkpoint as ckpt
 from .curriculum import CurriculumBatchOrder, curriculum_reference_callback
 from .logging import MetricsLog, available_trackers, format_metrics
@@ -139,7 +139,7 @@ class Trainer:
             self.callbacks.append(curriculum_reference_callback(self.order))
         self._plan_start = 0  # sample position the current epoch's plan starts at (a resume under another W)
         self._plan: Optional[tuple] = None  # (epoch, EpochPlan) of the epoch being trained
-        self.micro_per_epoch = len(self._epoch_plan(0))
+        self.micro_per_epoch = len(self.epoch_plan(0))
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / t.grad_accum)
         self.total_steps = t.max_steps or self.steps_per_epoch * t.epochs
         from transformers import get_scheduler
@@ -190,6 +190,9 @@ class Trainer:
         eval_examples, _ = prepare_examples(eval_examples, d, self.loss_fn.needs.data, training=False)
         train, train_report = self._tokenize(examples)
         evaluation, _ = self._tokenize(eval_examples) if eval_examples else ([], None)
+        offset = 1 + max(ex.index for ex in train) if train else 0
+        for ex in evaluation:  # train and eval positions key one reference cache: keep them distinct
+            ex.index += offset
         if not train:
             raise ValueError("no training examples remain after tokenization: " + train_report.summary())
         self.data_report = {"load": report.summary(), "tokenize": train_report.summary()}
@@ -263,9 +266,9 @@ class Trainer:
 
     def _epoch_micro_batches(self, epoch: int) -> List[List[int]]:
         """The epoch's global batches (every process gets the same list; each trains on its slice)."""
-        return self._epoch_plan(epoch).batches
+        return self.epoch_plan(epoch).batches
 
-    def _epoch_plan(self, epoch: int) -> "dist_utils.EpochPlan":
+    def epoch_plan(self, epoch: int) -> "dist_utils.EpochPlan":
         key = (epoch, self._plan_start)
         if self._plan is None or self._plan[0] != key:
             plan = dist_utils.epoch_plan(self.order.batches(epoch), self.accelerator.num_processes,
@@ -278,7 +281,7 @@ class Trainer:
 
     def _samples_done(self) -> int:
         """Position in the current epoch's sample order (the data position a checkpoint stores)."""
-        return self._epoch_plan(self.state["epoch"]).samples_before(self.state["micro"])
+        return self.epoch_plan(self.state["epoch"]).samples_before(self.state["micro"])
 
     def _install_signal_handlers(self):
         previous = {}
