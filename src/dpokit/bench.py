@@ -16,7 +16,8 @@ its own fresh process (so peak memory is that configuration's own):
 
 Reported per configuration (``--json``: one JSON object with the same fields):
 
-``pairs_per_s``     preference pairs (groups) per second of step time, after ``--warmup`` steps.
+``pairs_per_s``     preference pairs (groups) per second of step time, after ``--warmup`` steps
+                    (wall clock; ``--clock cpu``: the process's CPU time, for shared machines).
 ``tokens_per_s``    real tokens per second, counting every row as ``prompt + completion`` as the
                     data defines it (padding excluded, a shared prompt counted once per row), so the
                     ratio between configurations is the same as for pairs.
@@ -86,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="dpokit: compile the decoder layers")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="step time: wall clock (default), or the process's CPU time, which other work on a "
+                             "shared machine inflates much less (use with --threads 1; CPU only)")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -153,6 +157,11 @@ def _reset_hwm() -> bool:
         return False
 
 
+def _clock(spec_or_name) -> "callable":
+    name = spec_or_name if isinstance(spec_or_name, str) else spec_or_name.get("clock", "wall")
+    return time.process_time if name == "cpu" else time.perf_counter
+
+
 def _sync(device: str) -> None:
     import torch
 
@@ -160,8 +169,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak_flops(device: str, dtype_name: str = "float32", size: Optional[int] = None, repeats: int = 5) -> float:
+def matmul_peak_flops(device: str, dtype_name: str = "float32", size: Optional[int] = None, repeats: int = 5,
+                      clock: str = "wall") -> float:
     """Best FLOP/s of square matmuls in ``dtype`` on ``device`` (2 n^3 FLOPs each)."""
+    now = _clock(clock)
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -173,10 +184,10 @@ def matmul_peak_flops(device: str, dtype_name: str = "float32", size: Optional[i
     best = float("inf")
     for _ in range(repeats):
         _sync(device)
-        start = time.perf_counter()
+        start = now()
         torch.mm(a, b, out=out)
         _sync(device)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, now() - start)
     return 2 * n ** 3 / best
 
 
@@ -340,10 +351,11 @@ def _dpokit_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     engine = LogProbEngine(loss_fn.needs, spec["pad_id"], spec["layout"], spec["chunk_size"])
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0)
+    now = _clock(spec)
     times, losses = [], []
     for batch in batches:
         _sync(device)
-        start = time.perf_counter()
+        start = now()
         out = loss_fn(engine.loss_inputs(policy, batch, reference))
         loss = out.loss.mean()
         loss.backward()
@@ -352,7 +364,7 @@ def _dpokit_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return {"times": times, "losses": losses, "peak_bytes": memory.peak_bytes(), "memory_method": memory.method}
 
 
@@ -385,20 +397,24 @@ def _trl_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     trainer.current_gradient_accumulation_steps = 1
     model = trainer.model
     params = [p for p in model.parameters() if p.requires_grad]
+    now = _clock(spec)
     times, losses = [], []
     for batch in examples:
         inputs = trainer.data_collator(batch)
         _sync(device)
-        start = time.perf_counter()
+        start = now()
         loss = trainer.training_step(model, inputs)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss))
         _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
+    import shutil
+
     import trl
 
+    shutil.rmtree(workdir, ignore_errors=True)
     return {"times": times, "losses": losses, "peak_bytes": memory.peak_bytes(), "memory_method": memory.method,
             "trl_version": trl.__version__, "optimizer": type(trainer.optimizer).__name__}
 
@@ -468,6 +484,16 @@ def _summarise(result: Dict[str, Any], batches, warmup: int, flops: List[float],
 def run(args) -> int:
     if getattr(args, "worker", None):
         return _run_worker(args.worker)
+    import shutil
+
+    workdir = tempfile.mkdtemp(prefix="dpokit-bench-")
+    try:
+        return _run(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(args, workdir: str) -> int:
     import torch
 
     if args.threads:
@@ -475,6 +501,7 @@ def run(args) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    clock = "wall" if device.startswith("cuda") else args.clock
     layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
     from .layouts import LAYOUTS
 
@@ -488,16 +515,15 @@ def run(args) -> int:
             raise SystemExit("--compare trl needs TRL: pip install 'dpokit[bench]'") from None
     _quiet()
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    workdir = tempfile.mkdtemp(prefix="dpokit-bench-")
     log(f"preparing data, tokenizer and models in {workdir} ...")
     prepared = prepare(args, workdir)
     batches = prepared["batches"]
-    peak = matmul_peak_flops(device, args.dtype)
+    peak = matmul_peak_flops(device, args.dtype, clock=clock)
     log(f"matmul peak ({args.dtype}, {device}): {peak / 1e9:.1f} GFLOP/s")
     base_spec = {"device": device, "dtype": args.dtype, "attn": args.attn, "batches": batches, "dirs": prepared["dirs"],
                  "pad_id": prepared["pad_id"], "beta": args.beta, "lr": args.lr, "chunk_size": args.chunk_size,
                  "max_length": args.max_length, "gradient_checkpointing": args.gradient_checkpointing,
-                 "compile": args.compile, "threads": args.threads, "cache_path": None}
+                 "compile": args.compile, "threads": args.threads, "cache_path": None, "clock": clock}
     flops_live = model_flops([[(p, c) for _, p, c in b] for b in batches], prepared["params"], args.layers,
                              args.hidden_size, with_reference=True)
     flops_cached = model_flops([[(p, c) for _, p, c in b] for b in batches], prepared["params"], args.layers,
@@ -541,7 +567,8 @@ def run(args) -> int:
                   "heads": args.heads, "vocab_size": prepared["vocab"], "parameters": prepared["total_params"],
                   "matmul_parameters": prepared["params"], "dtype": args.dtype, "attn": args.attn,
                   "chunk_size": args.chunk_size, "gradient_checkpointing": args.gradient_checkpointing,
-                  "compile": args.compile, "reference": args.reference, "repeats": max(1, args.repeats)},
+                  "compile": args.compile, "reference": args.reference, "repeats": max(1, args.repeats),
+                  "clock": clock},
         "matmul_peak_flops": peak,
         "layouts": results,
     }
@@ -584,7 +611,8 @@ def format_report(report: Dict[str, Any]) -> str:
         f"{s['steps']} measured steps after {s['warmup']} warm-up",
         f"model: Llama {s['layers']} layers x {s['hidden_size']}, vocab {s['vocab_size']}, "
         f"{s['parameters'] / 1e6:.2f}M parameters, {s['dtype']}, attention {s['attn']}",
-        f"matmul peak: {report['matmul_peak_flops'] / 1e9:.1f} GFLOP/s ({s['dtype']})",
+        f"matmul peak: {report['matmul_peak_flops'] / 1e9:.1f} GFLOP/s ({s['dtype']}); step time: {s['clock']} clock, "
+        f"fastest of {s['repeats']} run(s)",
         "",
     ]
     rows = [(label, r) for label, r in report["layouts"].items()]

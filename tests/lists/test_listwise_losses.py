@@ -336,3 +336,17 @@ def test_losses_learn_the_ranking():
             opt.step()
         out = loss_fn(inputs.replace(list_policy_logps=lp.detach()))
         assert out.metrics["rewards/accuracies"] > 0.8, name
+
+
+@pytest.mark.parametrize("name", LISTWISE)
+def test_low_precision_log_probs_keep_score_precision(name):
+    inputs = list_inputs(seed=1, dtype=torch.float32)
+    inputs.list_scores = torch.tensor([[0.501, 0.502, 0.0, 0.0]] * 3)  # equal in bfloat16, not in float32
+    low = inputs.replace(list_policy_logps=inputs.list_policy_logps.bfloat16(),
+                         list_reference_logps=inputs.list_reference_logps.bfloat16())
+    out = get_loss(name)(low)
+    assert torch.isfinite(out.loss.float()).all()
+    assert out.metrics["rewards/accuracies"] >= 0
+    if name == "plackett_luce":  # the 0.502 > 0.501 order survives: response 1 must beat response 0
+        assert not torch.equal(out.loss.float(), get_loss(name)(low.replace(
+            list_scores=torch.tensor([[0.5, 0.5, 0.0, 0.0]] * 3))).loss.float())

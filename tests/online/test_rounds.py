@@ -130,7 +130,7 @@ def test_xpo_pairs_policy_with_reference_samples_and_logs_the_exploration_term(p
 def test_dno_keeps_large_margin_pairs_with_teacher_and_replays(policy_dir, prompts_file, tmp_path):
     teacher = tmp_path / "teacher.jsonl"
     teacher.write_text("".join(json.dumps({"prompt": p, "response": "a b c"}) + "\n" for p in PROMPTS))
-    loop = loop_for(policy_dir, tmp_path, "dno", prompts_file, rounds=2, samples_per_prompt=3, prompts_per_round=16,
+    loop = loop_for(policy_dir, tmp_path, "dno", prompts_file, rounds=2, samples_per_prompt=3, prompts_per_round=8,
                     options={"teacher": str(teacher), "min_margin": 2.0, "student_min_margin": 1.0, "replay": 0.5})
     loop.run()
     rdir = tmp_path / "run" / "rounds"
@@ -275,3 +275,13 @@ def test_listwise_loss_trains_on_the_judged_lists(policy_dir, prompts_file, tmp_
     rows = read_jsonl(str(tmp_path / "run" / "rounds" / "round-000" / "train.jsonl"))
     assert rows and all(len(r["responses"]) == len(r["scores"]) >= 2 and len(set(r["scores"])) > 1 for r in rows)
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+def test_lora_policy_uses_its_base_as_the_frozen_reference(policy_dir, prompts_file, tmp_path):
+    from dpokit.reference import AdapterDisabledReference
+
+    loop = loop_for(policy_dir, tmp_path, "online_dpo", prompts_file, cls=OnlineLoop, rounds=1,
+                    raw_updates={"lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}})
+    loop.run()
+    assert isinstance(loop.frozen_reference(), AdapterDisabledReference)
+    assert (tmp_path / "run" / "final" / "adapter").is_dir() and (tmp_path / "run" / "final" / "model.safetensors").exists()

@@ -131,3 +131,28 @@ def test_kill_9_while_writing_a_checkpoint_then_resume_matches(tmp_path, tiny_mo
     assert result["status"] == "completed" and result["step"] == 16
     assert_same_weights(final_weights(tmp_path / "run"), reference_run)
     assert not [n for n in os.listdir(checkpoints) if n.startswith(".tmp")]  # the dead writer's files are gone
+
+
+def test_sigint_in_process_checkpoints_and_a_second_sigint_stops_at_once(tmp_path, tiny_model_dir, pairs_file):
+    """The real signal path (Ctrl-C) without a subprocess: the first SIGINT finishes the step and
+    checkpoints; a second one during the same step raises KeyboardInterrupt at once."""
+    raw = train_config(tiny_model_dir, pairs_file, tmp_path / "run", train={"max_steps": 6})
+
+    def ctrl_c_at_3(trainer, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.getsignal(signal.SIGINT)
+    result = Trainer(from_dict(raw), callbacks=[ctrl_c_at_3]).fit()
+    assert result["status"] == "interrupted" and result["step"] == 3
+    assert ckpt.latest_valid_checkpoint(str(tmp_path / "run" / "checkpoints")).endswith("step-000003")
+    assert signal.getsignal(signal.SIGINT) is previous  # handlers restored
+
+    def ctrl_c_twice(trainer, step):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(from_dict(raw), callbacks=[ctrl_c_twice]).fit(resume=True)
+    assert signal.getsignal(signal.SIGINT) is previous

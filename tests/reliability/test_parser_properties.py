@@ -28,6 +28,22 @@ json_values = st.recursive(scalars | messages, lambda inner: st.lists(inner, max
                            | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=4), inner, max_size=4),
                            max_leaves=12)
 records = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=5), json_values, max_size=6)
+valid_messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]),
+                                                 "content": st.text(max_size=6)}), min_size=1, max_size=3)
+texts = st.text(min_size=1, max_size=8) | st.sampled_from(["\ud800x", " ", "Assistant: a"]) | valid_messages
+extra_keys = (st.sampled_from(["weight", "margin", "id", "note", "system", "scores_x", "metadata", "label"])
+              | st.text(max_size=5).filter(lambda k: k not in ("prompt", "chosen", "rejected", "completion",
+                                                               "responses", "scores", "ranks")))
+edge_values = st.sampled_from([float("nan"), float("inf"), -float("inf"), 10 ** 400, -(10 ** 400), [1.0, float("nan")],
+                               [10 ** 400], "\ud800", None, True, [], {}, [[1.0]]])
+# mostly well-formed records with random additions: these reach the deeper checks (extras, prompts)
+near_valid = st.one_of(
+    st.fixed_dictionaries({"prompt": texts | st.none(), "chosen": texts, "rejected": texts}),
+    st.fixed_dictionaries({"prompt": texts, "completion": texts, "label": scalars}),
+    st.fixed_dictionaries({"prompt": texts, "responses": st.lists(texts, max_size=4),
+                           "scores": st.lists(scalars, max_size=4)}),
+).flatmap(lambda base: st.dictionaries(extra_keys, edge_values | scalars | json_values, max_size=3)
+          .map(lambda extra: {**base, **extra}))
 
 
 def _write(suffix: str, data: bytes) -> str:
@@ -57,7 +73,8 @@ def test_random_bytes_in_any_file_type(data, suffix):
 
 
 @SETTINGS
-@given(lines=st.lists(st.binary(max_size=60) | records.map(lambda r: json.dumps(r).encode()), max_size=5))
+@given(lines=st.lists(st.binary(max_size=60) | (records | near_valid).map(lambda r: json.dumps(r).encode()),
+                      max_size=5))
 def test_random_jsonl_lines(lines):
     path = _write(".jsonl", b"\n".join(lines))
     try:
@@ -92,8 +109,8 @@ def test_random_csv_tables(rows, header):
         os.unlink(path)
 
 
-@SETTINGS
-@given(record=records)
+@settings(max_examples=400, deadline=None)
+@given(record=records | near_valid)
 def test_parse_pair_and_unpaired_on_random_dicts(record):
     _only_our_errors(lambda: parse_pair("r", record))
     _only_our_errors(lambda: parse_unpaired("r", record))

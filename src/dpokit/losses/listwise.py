@@ -49,7 +49,10 @@ def _list_inputs(inputs: LossInputs, scores: bool = True) -> Tuple[Tensor, Tenso
         inputs.require("list_scores")
     mask = inputs.list_mask.bool()
     r = (inputs.list_policy_logps - inputs.list_reference_logps).masked_fill(~mask, 0.0)
-    t = inputs.list_scores.to(r.dtype).masked_fill(~mask, 0.0) if scores else None
+    if not scores:
+        return r, None, mask
+    # scores keep at least float32 (a bf16 cast could merge close scores into ties)
+    t = inputs.list_scores.to(torch.promote_types(inputs.list_scores.dtype, r.dtype)).masked_fill(~mask, 0.0)
     return r, t, mask
 
 

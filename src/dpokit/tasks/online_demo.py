@@ -46,8 +46,10 @@ def parity_reward(prompt: str, response: str) -> float:
 
 
 def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds: int = 4, log=print,
-                    options: Dict[str, Any] = None) -> Dict[str, Any]:
-    from transformers import AutoModelForCausalLM
+                    options: Dict[str, Any] = None, warmup_dir: str = None) -> Dict[str, Any]:
+    """``warmup_dir``: start from this saved warm-up model (e.g. ``runs/demo/warmup`` of an offline demo
+    with the same settings) instead of training it again."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..config import from_dict
     from ..train.online import OnlineLoop, STRATEGIES
@@ -62,15 +64,21 @@ def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds
     task = ParityTask(warmup_accuracy=settings.warmup_accuracy, seed=settings.seed)
     train_numbers, eval_numbers = task.split_numbers(settings.n_train_prompts, settings.n_eval_prompts)
 
-    log(f"[1/4] tokenizer and tiny Llama ({settings.layers} layers, hidden {settings.hidden_size})")
-    tokenizer = train_tokenizer(task.vocabulary_corpus(), vocab_size=64, word_level=True)
-    model = tiny_llama(len(tokenizer), hidden_size=settings.hidden_size, num_layers=settings.layers,
-                       max_position_embeddings=64, seed=settings.seed, tokenizer=tokenizer)
-    log(f"[2/4] supervised warm-up on demonstrations that are right {settings.warmup_accuracy:.0%} of the time")
-    sft_train(model, tokenizer, task.demonstrations(train_numbers), steps=settings.warmup_steps, seed=settings.seed)
-    warmup_dir = os.path.join(out, "warmup")
-    model.save_pretrained(warmup_dir, safe_serialization=True)
-    tokenizer.save_pretrained(warmup_dir)
+    if warmup_dir:
+        log(f"[1-2/4] the warm-up model of {warmup_dir}")
+        tokenizer = AutoTokenizer.from_pretrained(warmup_dir)
+        model = AutoModelForCausalLM.from_pretrained(warmup_dir, use_safetensors=True)
+    else:
+        log(f"[1/4] tokenizer and tiny Llama ({settings.layers} layers, hidden {settings.hidden_size})")
+        tokenizer = train_tokenizer(task.vocabulary_corpus(), vocab_size=64, word_level=True)
+        model = tiny_llama(len(tokenizer), hidden_size=settings.hidden_size, num_layers=settings.layers,
+                           max_position_embeddings=64, seed=settings.seed, tokenizer=tokenizer)
+        log(f"[2/4] supervised warm-up on demonstrations that are right {settings.warmup_accuracy:.0%} of the time")
+        sft_train(model, tokenizer, task.demonstrations(train_numbers), steps=settings.warmup_steps,
+                  seed=settings.seed)
+        warmup_dir = os.path.join(out, "warmup")
+        model.save_pretrained(warmup_dir, safe_serialization=True)
+        tokenizer.save_pretrained(warmup_dir)
 
     train_prompts = [task.prompt(n) for n in train_numbers]
     eval_prompts = [task.prompt(n) for n in eval_numbers]

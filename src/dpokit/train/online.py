@@ -182,7 +182,7 @@ class OnlineLoop:
         the policy with its adapters switched off). TR-DPO's sync updates it in place."""
         if self._frozen is None:
             r = self.config.reference
-            if r.kind == "lora_disabled" or self.strategy.reference == "base":
+            if self._adapters_off():
                 self._frozen = AdapterDisabledReference(self.policy)
             elif r.path:
                 from ..models import load_causal_lm
@@ -196,6 +196,12 @@ class OnlineLoop:
                 self._frozen = ModelReference(load_causal_lm(self.config.model.name_or_path, self.config.model)
                                               .to(_device(self.policy)))
         return self._frozen
+
+    def _adapters_off(self) -> bool:
+        """The frozen reference is the policy with its LoRA modules off (as the Trainer's ``auto``)."""
+        r = self.config.reference
+        return (r.kind == "lora_disabled" or self.strategy.reference == "base"
+                or (r.kind == "auto" and not r.path and hasattr(self.policy, "disable_adapter")))
 
     def round_reference(self):
         if not self.loss_needs.reference:
@@ -215,7 +221,7 @@ class OnlineLoop:
         if not resume and _is_main():
             self._write_config()
         uses_initial = (self.strategy.reference == "initial" or "reference" in self.strategy.sources)
-        if uses_initial and not self.config.reference.path and self.config.reference.kind != "lora_disabled" \
+        if uses_initial and not self.config.reference.path and not self._adapters_off() \
                 and (self.loss_needs.reference or "reference" in self.strategy.sources):
             base = self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
             self._initial_copy = copy.deepcopy(base)

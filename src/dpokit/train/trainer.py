@@ -241,6 +241,9 @@ class Trainer:
         if sharded and "ref_kl" in self.loss_fn.needs.token_stats:
             raise ConfigError("this loss reads per-token KL to the reference from its hidden states, which needs an "
                               "unsharded reference: use DDP or ZeRO-1/2 for it")
+        if sharded and r.sync_every:
+            raise ConfigError("reference.sync_every (TR-DPO) updates the reference from the policy in place, which "
+                              "needs unsharded models: use DDP or ZeRO-1/2 for it")
         if r.precompute:
             cache_dir = r.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "dpokit", "reference")
             if not sharded or kind == "lora_disabled":
