@@ -223,6 +223,12 @@ class Trainer:
             kind = "path" if r.path else ("lora_disabled" if self.config.lora.enabled else "copy")
         device = self.accelerator.device
         sharded = dist_utils.shards_parameters(self.accelerator)  # FSDP, ZeRO-3: a sharded frozen copy
+        if sharded and "ref_kl" in self.loss_fn.needs.token_stats:
+            raise ConfigError("this loss reads per-token KL to the reference from its hidden states, which needs an "
+                              "unsharded reference: use DDP or ZeRO-1/2 for it")
+        if sharded and r.sync_every:
+            raise ConfigError("reference.sync_every (TR-DPO) updates the reference from the policy in place, which "
+                              "needs unsharded models: use DDP or ZeRO-1/2 for it")
         fingerprint = None
         if kind == "lora_disabled":
             reference = AdapterDisabledReference(policy)
@@ -238,12 +244,6 @@ class Trainer:
                 fingerprint = dist_utils.weights_fingerprint(r.path if kind == "path" else self.config.model.name_or_path,
                                                              frozen, self.config.model.revision)
             reference = ModelReference(dist_utils.prepare_frozen(self.accelerator, frozen))
-        if sharded and "ref_kl" in self.loss_fn.needs.token_stats:
-            raise ConfigError("this loss reads per-token KL to the reference from its hidden states, which needs an "
-                              "unsharded reference: use DDP or ZeRO-1/2 for it")
-        if sharded and r.sync_every:
-            raise ConfigError("reference.sync_every (TR-DPO) updates the reference from the policy in place, which "
-                              "needs unsharded models: use DDP or ZeRO-1/2 for it")
         if r.precompute:
             cache_dir = r.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "dpokit", "reference")
             if not sharded or kind == "lora_disabled":
