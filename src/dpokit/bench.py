@@ -34,6 +34,9 @@ Reported per configuration (``--json``: one JSON object with the same fields):
                     ``4 * layers * width * context`` per token forward (x3 trained, x1 reference).
                     Every configuration is credited the same model FLOPs for the same batch;
                     redundant work (padding, repeated prompts) earns nothing.
+``flops_fraction_head_where_needed``  the same with the LM head counted only on the positions
+                    that predict a completion token (DPO needs no vocabulary projection of the
+                    prompt), a stricter count for small models whose LM head is a large share of N.
 
 See ``docs/performance.md`` for results and their interpretation.
 """
@@ -194,21 +197,28 @@ def matmul_peak_flops(device: str, dtype_name: str = "float32", size: Optional[i
 # ---- FLOPs -------------------------------------------------------------------------------------
 
 def model_flops(batches: Sequence[Sequence[tuple]], params: int, layers: int, width: int,
-                with_reference: bool) -> List[float]:
-    """Model FLOPs of each step (see the module docstring)."""
+                with_reference: bool, head_params: int = 0, head_where_needed: bool = False) -> List[float]:
+    """Model FLOPs of each step (see the module docstring). ``head_where_needed``: count the LM
+    head (``head_params`` of the ``params``) only on positions that predict a completion token,
+    the ones DPO needs, instead of on every token."""
     out = []
     for groups in batches:
         tokens = 0
+        predicted = 0
         context = 0  # sum over tokens of the number of positions each attends to
         for prompt, completions in groups:
             p = len(prompt)
             tokens += p + sum(len(c) for c in completions)
+            predicted += sum(len(c) for c in completions)
             context += p * (p + 1) // 2
             context += sum(len(c) * p + len(c) * (len(c) + 1) // 2 for c in completions)
         attention = 4 * layers * width * context  # QK^T and AV, forward
-        flops = 6 * params * tokens + 3 * attention
+        per_token = 2 * params * tokens
+        if head_where_needed:
+            per_token = 2 * (params - head_params) * tokens + 2 * head_params * predicted
+        flops = 3 * per_token + 3 * attention
         if with_reference:
-            flops += 2 * params * tokens + attention
+            flops += per_token + attention
         out.append(float(flops))
     return out
 
@@ -245,7 +255,7 @@ def load_benchmark_data(path: Optional[str], seed: int):
             candidate = os.path.join(os.getcwd(), DATA_RELATIVE)
         path = candidate if os.path.exists(candidate) else None
     if path is not None:
-        return load_examples(path), path
+        return load_examples(path), os.path.normpath(path)
     return load_examples(_generated_pairs(1600, seed)), "generated (1600 pairs, long shared prompts)"
 
 
@@ -281,10 +291,11 @@ def prepare(args, workdir: str) -> Dict[str, Any]:
         tokenizer.save_pretrained(dirs[name])
     embedding = policy.get_input_embeddings().weight.numel()
     params = sum(p.numel() for p in policy.parameters()) - embedding
+    head_params = sum(p.numel() for p in policy.get_output_embeddings().parameters())
     del policy, reference
     gc.collect()
     return {"source": source, "batches": batches, "dirs": dirs, "pad_id": tokenizer.pad_token_id,
-            "params": params, "total_params": params + embedding, "vocab": len(tokenizer),
+            "params": params, "head_params": head_params, "total_params": params + embedding, "vocab": len(tokenizer),
             "width": args.hidden_size, "torch_threads": torch.get_num_threads()}
 
 
@@ -292,7 +303,6 @@ def build_reference_cache(args, prepared, workdir: str, device: str) -> Dict[str
     """Reference log-probs of every benchmark example, computed once (the time is reported apart)."""
     import torch
 
-    from .data import collate  # noqa: F401  (import check)
     from .data.tokenize import TokenizedExample
     from .engine import LogProbEngine
     from .losses import get_loss
@@ -462,7 +472,8 @@ def _spawn(spec: Dict[str, Any], workdir: str, label: str) -> Dict[str, Any]:
 
 # ---- the command --------------------------------------------------------------------------------
 
-def _summarise(result: Dict[str, Any], batches, warmup: int, flops: List[float], peak_flops: float) -> Dict[str, Any]:
+def _summarise(result: Dict[str, Any], batches, warmup: int, flops: List[float], peak_flops: float,
+               needed_flops: List[float]) -> Dict[str, Any]:
     measured = slice(warmup, None)
     seconds = sum(result["times"][measured])
     pairs = sum(len(b) for b in batches[measured])
@@ -474,6 +485,7 @@ def _summarise(result: Dict[str, Any], batches, warmup: int, flops: List[float],
         "peak_memory_mb": result["peak_bytes"] / 2 ** 20,
         "flops_fraction": achieved / peak_flops,
         "achieved_flops": achieved,
+        "flops_fraction_head_where_needed": sum(needed_flops[measured]) / seconds / peak_flops,
         "step_seconds": result["times"],
         "losses": result["losses"],
         "memory_method": result["memory_method"],
@@ -524,10 +536,10 @@ def _run(args, workdir: str) -> int:
                  "pad_id": prepared["pad_id"], "beta": args.beta, "lr": args.lr, "chunk_size": args.chunk_size,
                  "max_length": args.max_length, "gradient_checkpointing": args.gradient_checkpointing,
                  "compile": args.compile, "threads": args.threads, "cache_path": None, "clock": clock}
-    flops_live = model_flops([[(p, c) for _, p, c in b] for b in batches], prepared["params"], args.layers,
-                             args.hidden_size, with_reference=True)
-    flops_cached = model_flops([[(p, c) for _, p, c in b] for b in batches], prepared["params"], args.layers,
-                               args.hidden_size, with_reference=False)
+    plain = [[(p, c) for _, p, c in b] for b in batches]
+    flops = {(ref, needed): model_flops(plain, prepared["params"], args.layers, args.hidden_size, ref,
+                                        prepared["head_params"], needed)
+             for ref in (True, False) for needed in (True, False)}
     cache_info = None
     modes = {"model": [False], "cached": [True], "both": [False, True]}[args.reference]
     if True in modes:
@@ -537,17 +549,18 @@ def _run(args, workdir: str) -> int:
     for cached in modes:
         for layout in layouts:
             spec = dict(base_spec, kind="dpokit", layout=layout, cache_path=cache_info["path"] if cached else None)
-            configs.append((layout + ("+cached_ref" if cached else ""), spec, flops_cached if cached else flops_live))
+            configs.append((layout + ("+cached_ref" if cached else ""), spec, not cached))
     if args.compare == "trl":
-        configs.append(("trl", dict(base_spec, kind="trl"), flops_live))
+        configs.append(("trl", dict(base_spec, kind="trl"), True))
     runs: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _, _ in configs}
     loads = []
     for repeat in range(max(1, args.repeats)):
-        for label, spec, flops in configs:
+        for label, spec, live_reference in configs:
             log(f"measuring {label} (run {repeat + 1}/{max(1, args.repeats)}) ...")
             loads.append(os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"))
             raw = _spawn(dict(spec), workdir, f"{label}-{repeat}")
-            runs[label].append(_summarise(raw, batches, args.warmup, flops, peak))
+            runs[label].append(_summarise(raw, batches, args.warmup, flops[live_reference, False], peak,
+                                          flops[live_reference, True]))
     best = {}
     for label, measured in runs.items():
         fastest = max(measured, key=lambda r: r["pairs_per_s"])
@@ -618,15 +631,16 @@ def format_report(report: Dict[str, Any]) -> str:
     rows = [(label, r) for label, r in report["layouts"].items()]
     if "trl" in report:
         rows.append(("TRL DPOTrainer", report["trl"]))
-    header = f"{'configuration':<28}{'pairs/s':>9}{'tokens/s':>10}{'peak MB':>10}{'GFLOP/s':>9}{'% peak':>8}" \
-             f"{'loss@1':>10}{'loss@2':>10}"
+    header = f"{'configuration':<26}{'pairs/s':>9}{'tokens/s':>10}{'peak MB':>9}{'GFLOP/s':>9}{'% peak':>8}" \
+             f"{'% peak*':>9}{'loss@1':>10}{'loss@2':>10}"
     if "ratios" in report:
         header += f"{'x TRL speed':>13}{'x TRL mem':>11}"
     lines += [header, "-" * len(header)]
     for label, r in rows:
         losses = r["losses"] + [float("nan")] * 2
-        line = (f"{label:<28}{r['pairs_per_s']:>9.2f}{r['tokens_per_s']:>10.0f}{r['peak_memory_mb']:>10.0f}"
-                f"{r['achieved_flops'] / 1e9:>9.1f}{100 * r['flops_fraction']:>7.1f}%{losses[0]:>10.5f}{losses[1]:>10.5f}")
+        line = (f"{label:<26}{r['pairs_per_s']:>9.2f}{r['tokens_per_s']:>10.0f}{r['peak_memory_mb']:>9.0f}"
+                f"{r['achieved_flops'] / 1e9:>9.1f}{100 * r['flops_fraction']:>7.1f}%"
+                f"{100 * r['flops_fraction_head_where_needed']:>8.1f}%{losses[0]:>10.5f}{losses[1]:>10.5f}")
         ratio = report.get("ratios", {}).get(label)
         if ratio:
             line += f"{ratio['pairs_per_s']:>12.2f}x{ratio['peak_memory']:>10.2f}x"
@@ -637,6 +651,8 @@ def format_report(report: Dict[str, Any]) -> str:
                      "(not in the step times)")
     first = next(iter(report["layouts"].values()))
     lines.append(f"peak memory: {first['memory_method']}, above the process before the models were loaded")
+    lines.append("% peak: model FLOP/s (6N per trained token, 2N per reference token, attention included) over "
+                 "the matmul peak; % peak*: the same with the LM head counted only where DPO needs it")
     return "\n".join(lines)
 
 

@@ -218,3 +218,13 @@ def test_prepare_examples_follows_the_config():
     assert len(unpaired) == 2 * len(pairs_from_lists(lists)) and {ex.label for ex in unpaired} == {True, False}
     noisy, plan = prepare_examples(unpaired, DataConfig(train="x", label_noise=0.25), "unpaired", training=True)
     assert sum(a.label != b.label for a, b in zip(unpaired, noisy)) == len(plan.noisy) == round(0.25 * len(unpaired))
+
+
+def test_hf_mean_pool_embedder_on_a_local_model(tiny_model, tokenizer):
+    from dpokit.data.embed import HFMeanPoolEmbedder
+
+    emb = HFMeanPoolEmbedder(tiny_model, tokenizer)
+    e = emb.embed(["the cat sat", "the cat sat", "why how what when"])
+    assert e.shape == (3, tiny_model.config.hidden_size)
+    torch.testing.assert_close(e[0], e[1])
+    torch.testing.assert_close(e.norm(dim=-1), torch.ones(3), atol=1e-5, rtol=1e-5)
