@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         rows.append((f"{strategy} ({args.rounds} rounds)", summary(path, lambda: run_online_demo(
             settings, strategy, args.rounds, warmup_dir=os.path.join(offline_dir, "warmup")))))
     budget = base.n_train_prompts * base.samples_per_prompt
-    print(f"| run | held-out reward | preference accuracy | KL to warm-up | length | training samples | pairs |")
+    print("| run | held-out reward | preference accuracy | KL to warm-up | length | training samples | pairs |")
     print("|---|---|---|---|---|---|---|")
     before = rows[0][1]["before"]
     print(f"| warm-up model (start) | {before['reward']:.3f} | {before['preference_accuracy']:.3f} | "

@@ -121,8 +121,9 @@ def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds
     if STRATEGIES[strategy].offline_pairs:
         raw["online"].pop("prompts")
     config = from_dict(raw)
+    judged = ", judged by the task reward" if STRATEGIES[strategy].needs_judge else " (unlabeled)"
     log(f"[3/4] {rounds} online rounds with strategy {strategy!r}: {per_round} prompts x {samples} samples "
-        f"per round, judged by the task reward")
+        f"per round{judged}")
     loop = OnlineLoop(config, eval_prompts=eval_prompts, log=log)  # loads the warm-up model like `dpokit train`
     result = loop.run()
 
