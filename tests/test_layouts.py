@@ -6,7 +6,6 @@ completions (K = 1..4).
 """
 
 import copy
-import warnings
 
 import pytest
 import torch

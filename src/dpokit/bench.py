@@ -256,7 +256,10 @@ def load_benchmark_data(path: Optional[str], seed: int):
         path = candidate if os.path.exists(candidate) else None
     if path is not None:
         return load_examples(path), os.path.normpath(path)
-    return load_examples(_generated_pairs(1600, seed)), "generated (1600 pairs, long shared prompts)"
+    from datasets import Dataset
+
+    generated = Dataset.from_list(_generated_pairs(1600, seed))
+    return load_examples(generated), "generated (1600 pairs, long shared prompts)"
 
 
 def prepare(args, workdir: str) -> Dict[str, Any]:
@@ -521,10 +524,10 @@ def _run(args, workdir: str) -> int:
     if unknown:
         raise SystemExit(f"unknown layout(s) {unknown}; choose from {sorted(LAYOUTS)}")
     if args.compare == "trl":
-        try:
-            import trl  # noqa: F401
-        except ImportError:
-            raise SystemExit("--compare trl needs TRL: pip install 'dpokit[bench]'") from None
+        import importlib.util
+
+        if importlib.util.find_spec("trl") is None:
+            raise SystemExit("--compare trl needs TRL: pip install 'dpokit[bench]'")
     _quiet()
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     log(f"preparing data, tokenizer and models in {workdir} ...")

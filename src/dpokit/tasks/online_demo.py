@@ -82,7 +82,7 @@ def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds
 
     train_prompts = [task.prompt(n) for n in train_numbers]
     eval_prompts = [task.prompt(n) for n in eval_numbers]
-    sampler = HFSampler(model, tokenizer, SamplingConfig(max_new_tokens=8, seed=settings.seed + 1))
+    sampler = HFSampler(model, tokenizer, SamplingConfig(max_new_tokens=8, seed=settings.seed + 1, top_k=0))
     heldout_rows = build_pairs(task, eval_prompts, sampler.sample(eval_prompts, settings.samples_per_prompt)[0],
                                settings.seed + 1)
     _jsonl(os.path.join(out, "heldout_pairs.jsonl"), heldout_rows)
@@ -113,7 +113,7 @@ def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds
                   "warmup_ratio": 0.05, "log_every": 5, "report_to": [], "progress_bar": False,
                   "mixed_precision": "no"},
         "online": {"strategy": strategy, "rounds": rounds, "prompts": prompts_path, "prompts_per_round": per_round,
-                   "samples_per_prompt": samples, "max_new_tokens": 8, "temperature": 1.0,
+                   "samples_per_prompt": samples, "max_new_tokens": 8, "temperature": 1.0, "top_k": 0,
                    "generation_batch_size": 64, "eval_samples_per_prompt": 2,
                    "judge": {"kind": "callable", "function": "dpokit.tasks.online_demo:parity_reward"},
                    "options": {**STRATEGY_OPTIONS.get(strategy, {}), **(options or {})}},
