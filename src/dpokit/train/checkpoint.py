@@ -126,6 +126,40 @@ def remove_stale_temp(directory: str) -> List[str]:
     return removed
 
 
+
+def _write_run_state(tmp: str, step: int, scheduler, trainer_state: Dict[str, Any],
+                     loss_state: Optional[Dict[str, Any]]) -> None:
+    """Scheduler, loss state, RNG states and trainer state: what every checkpoint kind holds."""
+    torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+    torch_states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        torch_states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    torch.save({"rng": torch_states, "loss": loss_state or {}}, os.path.join(tmp, "extra.pt"))
+    with open(os.path.join(tmp, "trainer_state.json"), "w") as handle:
+        json.dump(dict(trainer_state, step=step, rng=rng_state()), handle)
+
+
+def _seal_and_publish(tmp: str, final: str, directory: str) -> None:
+    """Write the manifest (size and digest of every file, nested ones included), flush everything
+    to disk, then rename the temporary directory into place."""
+    files = sorted(os.path.relpath(os.path.join(root, name), tmp)
+                   for root, _, names in os.walk(tmp) for name in names)
+    manifest = {name: {"size": os.path.getsize(os.path.join(tmp, name)),
+                       "blake2b": _digest(os.path.join(tmp, name))} for name in files}
+    with open(os.path.join(tmp, "manifest.json"), "w") as handle:
+        json.dump(manifest, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    for name in files:
+        with open(os.path.join(tmp, name), "rb") as handle:
+            os.fsync(handle.fileno())
+    for root, _, _ in os.walk(tmp):
+        _fsync_dir(root)
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+
 def save_checkpoint(
     directory: str,
     step: int,
@@ -146,28 +180,8 @@ def save_checkpoint(
     try:
         save_file(trainable_state(model), os.path.join(tmp, "model.safetensors"))
         torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-        torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
-        torch_states = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            torch_states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-        torch.save({"rng": torch_states, "loss": loss_state or {}}, os.path.join(tmp, "extra.pt"))
-        state = dict(trainer_state, step=step, rng=rng_state())
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as handle:
-            json.dump(state, handle)
-        manifest = {name: {"size": os.path.getsize(os.path.join(tmp, name)), "blake2b": _digest(os.path.join(tmp, name))}
-                    for name in sorted(os.listdir(tmp))}
-        with open(os.path.join(tmp, "manifest.json"), "w") as handle:
-            json.dump(manifest, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        for name in os.listdir(tmp):
-            with open(os.path.join(tmp, name), "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_dir(tmp)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(directory)
+        _write_run_state(tmp, step, scheduler, trainer_state, loss_state)
+        _seal_and_publish(tmp, final, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -292,34 +306,12 @@ def save_engine_checkpoint(
     accelerator.wait_for_everyone()
     if main:
         try:
-            torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
-            torch_states = {"cpu": torch.get_rng_state()}
-            if torch.cuda.is_available():
-                torch_states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-            torch.save({"rng": torch_states, "loss": loss_state or {}}, os.path.join(tmp, "extra.pt"))
-            with open(os.path.join(tmp, "trainer_state.json"), "w") as handle:
-                json.dump(dict(trainer_state, step=step, rng=rng_state()), handle)
+            _write_run_state(tmp, step, scheduler, trainer_state, loss_state)
             with open(os.path.join(tmp, ENGINE_INDEX), "w") as handle:
                 json.dump({"format": "accelerate-save-state", "dir": ENGINE_DIR,
                            "distributed_type": str(accelerator.distributed_type),
                            "num_processes": accelerator.num_processes}, handle)
-            files = sorted(os.path.relpath(os.path.join(root, name), tmp)
-                           for root, _, names in os.walk(tmp) for name in names)
-            manifest = {name: {"size": os.path.getsize(os.path.join(tmp, name)),
-                               "blake2b": _digest(os.path.join(tmp, name))} for name in files}
-            with open(os.path.join(tmp, "manifest.json"), "w") as handle:
-                json.dump(manifest, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            for name in files:
-                with open(os.path.join(tmp, name), "rb") as handle:
-                    os.fsync(handle.fileno())
-            for root, _, _ in os.walk(tmp):
-                _fsync_dir(root)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(directory)
+            _seal_and_publish(tmp, final, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
