@@ -139,6 +139,18 @@ def _write_run_state(tmp: str, step: int, scheduler, trainer_state: Dict[str, An
         json.dump(dict(trainer_state, step=step, rng=rng_state()), handle)
 
 
+def _read_run_state(path: str, scheduler) -> Dict[str, Any]:
+    """Counterpart of :func:`_write_run_state`: restores the scheduler and the RNG states and
+    returns the trainer state (with ``loss_state``)."""
+    scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
+    extra = torch.load(os.path.join(path, "extra.pt"), weights_only=True)
+    with open(os.path.join(path, "trainer_state.json")) as handle:
+        state = json.load(handle)
+    restore_rng(state["rng"], extra["rng"])
+    state["loss_state"] = extra.get("loss", {})
+    return state
+
+
 def _seal_and_publish(tmp: str, final: str, directory: str) -> None:
     """Write the manifest (size and digest of every file, nested ones included), flush everything
     to disk, then rename the temporary directory into place."""
@@ -260,13 +272,7 @@ def load_checkpoint(path: str, model, optimizer, scheduler) -> Dict[str, Any]:
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
     optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
-    extra = torch.load(os.path.join(path, "extra.pt"), weights_only=True)
-    with open(os.path.join(path, "trainer_state.json")) as handle:
-        state = json.load(handle)
-    restore_rng(state["rng"], extra["rng"])
-    state["loss_state"] = extra.get("loss", {})
-    return state
+    return _read_run_state(path, scheduler)
 
 
 # ---- checkpoints of engines that split the state over processes (FSDP, DeepSpeed) ------------------
@@ -324,10 +330,4 @@ def load_engine_checkpoint(path: str, accelerator, scheduler) -> Dict[str, Any]:
     """Restore a checkpoint written by :func:`save_engine_checkpoint` on every process (the caller
     verified it); returns the trainer state (with ``loss_state``)."""
     accelerator.load_state(os.path.join(path, ENGINE_DIR))
-    scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
-    extra = torch.load(os.path.join(path, "extra.pt"), weights_only=True)
-    with open(os.path.join(path, "trainer_state.json")) as handle:
-        state = json.load(handle)
-    restore_rng(state["rng"], extra["rng"])
-    state["loss_state"] = extra.get("loss", {})
-    return state
+    return _read_run_state(path, scheduler)
