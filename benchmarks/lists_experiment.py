@@ -46,7 +46,7 @@ def run_seed(seed: int, args, log=print) -> Dict[str, Dict[str, float]]:
     from dpokit.config import from_dict
     from dpokit.data import tokenize_examples
     from dpokit.data.formats import PreferencePair
-    from dpokit.eval.generation import HFSampler, SamplingConfig
+    from dpokit.sampling import HFSampler, SamplingConfig
     from dpokit.tasks.demo import evaluate_policy
     from dpokit.tasks.parity import ParityTask, build_pairs
     from dpokit.tiny import tiny_llama, train_tokenizer

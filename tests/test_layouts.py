@@ -10,8 +10,8 @@ import copy
 import pytest
 import torch
 
-from dpokit.layouts import LAYOUTS, PackedBatch, build_packed_batch, layout_supported
-from dpokit.logprobs import project_selected, split_model
+from dpokit.scoring.lm.layouts import LAYOUTS, PackedBatch, build_packed_batch, layout_supported
+from dpokit.scoring.lm.projection import project_selected, split_model
 
 VOCAB = 61
 LAYOUT_NAMES = ("padded", "packed", "prompt_shared")
@@ -267,7 +267,7 @@ def test_compiled_model_runs_every_layout():
     """``torch.compile(model)`` (as the trainer does for model.compile) is unwrapped by split_model
     and the decoder layers compiled in place; the ``eager`` backend keeps the test fast on CPU while
     still tracing every layout's masks and position ids through dynamo."""
-    from dpokit.logprobs import compile_backbone
+    from dpokit.scoring.lm.projection import compile_backbone
 
     model = make_model(dtype=torch.float32)
     groups = make_groups(seed=8)
@@ -288,7 +288,7 @@ def test_engine_loss_inputs_agree_across_layouts(name, tokenizer):
     """Through the engine: policy and reference log-probs and the per-token statistics."""
     from dpokit.data import collate
     from dpokit.data.tokenize import TokenizedExample
-    from dpokit.engine import LogProbEngine
+    from dpokit.scoring.lm.engine import LogProbEngine
     from dpokit.losses import Needs
     from dpokit.reference import ModelReference
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dpokit.data import collate, tokenize_examples
-from dpokit.engine import LogProbEngine
+from dpokit.scoring.lm.engine import LogProbEngine
 from dpokit.losses import Needs
 from dpokit.reference import ModelReference
 

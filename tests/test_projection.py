@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dpokit.logprobs import STATS, ChunkedProjection, logit_transform, project_selected
+from dpokit.scoring.lm.projection import STATS, ChunkedProjection, logit_transform, project_selected
 
 N, H, V = 23, 12, 40
 

@@ -10,7 +10,7 @@ import torch
 
 from dpokit.data import PreferencePair, collate, tokenize_examples
 from dpokit.data.tokenize import TokenizedExample
-from dpokit.engine import LogProbEngine
+from dpokit.scoring.lm.engine import LogProbEngine
 from dpokit.losses import Needs
 from dpokit.reference import CachedReference, ModelReference
 

@@ -307,7 +307,7 @@ def build_reference_cache(args, prepared, workdir: str, device: str) -> Dict[str
     import torch
 
     from .data.tokenize import TokenizedExample
-    from .engine import LogProbEngine
+    from .scoring.lm.engine import LogProbEngine
     from .losses import get_loss
     from .models import DTYPES
     from .reference import CachedReference, ModelReference
@@ -343,7 +343,7 @@ def _dpokit_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     from .config import build_loss
     from .data import collate
     from .data.tokenize import TokenizedExample
-    from .engine import LogProbEngine
+    from .scoring.lm.engine import LogProbEngine
     from .reference import CachedReference, ModelReference, _load_store
 
     device = spec["device"]
@@ -518,7 +518,7 @@ def _run(args, workdir: str) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     clock = "wall" if device.startswith("cuda") else args.clock
     layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
-    from .layouts import LAYOUTS
+    from .scoring.lm.layouts import LAYOUTS
 
     unknown = [name for name in layouts if name not in LAYOUTS]
     if unknown:

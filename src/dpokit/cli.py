@@ -31,8 +31,8 @@ def cmd_train(args) -> int:
 
     config = load_config(args.config, args.set or [])
     try:
-        if config.online.strategy:  # generate -> judge -> train rounds (dpokit.train.online)
-            from .train.online import run_online
+        if config.online.strategy:  # generate -> judge -> train rounds (dpokit.online.loop)
+            from .online.loop import run_online
 
             result = run_online(config, resume=args.resume)
         else:
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMAND_MODULES: List[str] = [
     "dpokit.eval.cli",
-    "dpokit.train.reward_model",  # train-rm, rm-margin
+    "dpokit.preference.reward_model",  # train-rm, rm-margin
 ]
 
 

@@ -111,12 +111,12 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops with a checkpoint
     report_to: List[str] = field(default_factory=lambda: ["tensorboard"])
     progress_bar: bool = True
-    monitor: Any = False  # true or {every, examples, judge, ...}: over-optimisation indicators (dpokit.eval.monitor)
+    monitor: Any = False  # true or {every, examples, judge, ...}: over-optimisation indicators (dpokit.train.monitor)
 
 
 @dataclass
 class OnlineConfig:
-    """Online / iterative rounds (``dpokit.train.online``); an empty ``strategy`` means offline training."""
+    """Online / iterative rounds (``dpokit.online.loop``); an empty ``strategy`` means offline training."""
 
     strategy: str = ""  # a round strategy: online_dpo | iterative_dpo | dno | sppo | apo | xpo | hypo | ofs_dpo
     rounds: int = 3
@@ -270,7 +270,7 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"reference.sync_alpha: must be in (0, 1], got {r.sync_alpha}")
     if len(t.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in t.adam_betas):
         raise ConfigError(f"train.adam_betas: must be two numbers in [0, 1), got {t.adam_betas}")
-    from .layouts import LAYOUTS
+    from .scoring.lm.layouts import LAYOUTS
 
     if t.layout not in LAYOUTS:
         raise ConfigError(f"train.layout: {t.layout!r} is not one of {', '.join(sorted(LAYOUTS))}")
@@ -278,7 +278,7 @@ def validate(config: Config) -> Config:
         loss = build_loss(config.loss)
     except (KeyError, ValueError, TypeError) as err:
         raise ConfigError(f"loss: {err.args[0] if err.args else err}") from None
-    from .loss_checks import check_loss
+    from .losses.checks import check_loss
 
     try:  # hyperparameter ranges and types (see loss_checks), still without any model
         check_loss(loss)
@@ -312,7 +312,7 @@ def validate(config: Config) -> Config:
         raise ConfigError("reference.precompute and reference.sync_every exclude each other: a synced "
                           "reference changes, so its log-probs cannot be cached")
     if config.online.strategy:
-        from .train.online import validate_online
+        from .online.loop import validate_online
 
         validate_online(config)
     return config

@@ -374,7 +374,7 @@ def register_head_for_zero3(accelerator, wrapped) -> None:
         return
     import deepspeed
 
-    from .logprobs import split_model
+    from .scoring.lm.projection import split_model
 
     _, inner = _wrapper_of(wrapped)
     _, lm_head = split_model(wrapped)

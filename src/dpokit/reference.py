@@ -24,7 +24,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from .logprobs import TokenLogprobs, scatter_rows
+from .scoring.lm.projection import TokenLogprobs, scatter_rows
 from .paths import safe_join
 
 logger = logging.getLogger(__name__)

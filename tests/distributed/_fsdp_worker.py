@@ -67,7 +67,7 @@ def engine_fsdp1(model_dir: str) -> None:
     from transformers import AutoModelForCausalLM
 
     from dpokit.distributed import _fsdp1_wrap, prepare_frozen
-    from dpokit.engine import LogProbEngine
+    from dpokit.scoring.lm.engine import LogProbEngine
     from dpokit.losses import Needs
 
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -43,7 +43,7 @@ def check_ddp_forward_through(model_dir):
     from torch.nn.parallel import DistributedDataParallel as DDP
     from transformers import AutoModelForCausalLM
 
-    from dpokit.engine import LogProbEngine
+    from dpokit.scoring.lm.engine import LogProbEngine
     from dpokit.losses import Needs
 
     g = torch.Generator().manual_seed(1)
@@ -65,7 +65,7 @@ def check_reference_cache(model_dir, cache_dir):
 
     from dpokit import distributed as d
     from dpokit.data.tokenize import TokenizedExample
-    from dpokit.engine import LogProbEngine
+    from dpokit.scoring.lm.engine import LogProbEngine
     from dpokit.losses import Needs
     from dpokit.reference import CachedReference, ModelReference
 

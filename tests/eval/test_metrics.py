@@ -103,7 +103,7 @@ def test_win_rate_and_margin_distribution():
 
 
 def test_judges_load_and_score(tmp_path):
-    from dpokit.eval.judges import judge_name, load_judge, score_all
+    from dpokit.preference.callables import judge_name, load_judge, score_all
 
     parity = load_judge("parity")
     assert parity("number : 0 4 2 . even or odd ?", "it is even") == 1.0

@@ -3,7 +3,7 @@
 import pytest
 
 from dpokit.config import ConfigError, from_dict
-from dpokit.eval.monitor import Monitor, MonitorOptions
+from dpokit.train.monitor import Monitor, MonitorOptions
 
 from conftest import train_config
 from .conftest import read_jsonl

@@ -9,7 +9,7 @@ import torch
 from dpokit.config import ConfigError, from_dict
 from dpokit.data import collate, load_examples, tokenize_examples
 from dpokit.data.build import pairs_from_lists
-from dpokit.engine import LogProbEngine
+from dpokit.scoring.lm.engine import LogProbEngine
 from dpokit.losses import Needs
 from dpokit.train import Trainer
 from dpokit.train.logging import read_metrics

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dpokit.judges import (BradleyTerryJudge, CallableJudge, CallablePairwiseJudge, RewardModelJudge, build_judge,
+from dpokit.preference.judges import (BradleyTerryJudge, CallableJudge, CallablePairwiseJudge, RewardModelJudge, build_judge,
                            judge_group, pair_probability)
 
 from .conftest import JUDGE_SPEC, length_judge
@@ -86,7 +86,7 @@ def rm_setup(tmp_path_factory):
 
 
 def test_bradley_terry_loss_with_margin():
-    from dpokit.train.reward_model import bradley_terry_loss
+    from dpokit.preference.reward_model import bradley_terry_loss
 
     chosen, rejected, margin = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.0])
     torch.testing.assert_close(bradley_terry_loss(chosen, rejected, margin),

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from dpokit.cli import main
-from dpokit.eval.generation import HFSampler, Sampler, SamplingConfig, VLLMSampler, make_sampler
+from dpokit.sampling import HFSampler, Sampler, SamplingConfig, VLLMSampler, make_sampler
 
 from .conftest import online_raw
 

@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from dpokit.config import ConfigError, from_dict
-from dpokit.train.online import OnlineLoop, load_prompts, read_jsonl, select_pairs
+from dpokit.online.loop import OnlineLoop, load_prompts, read_jsonl, select_pairs
 
 from .conftest import PROMPTS, length_judge, online_raw, same_weights
 

@@ -82,7 +82,7 @@ def test_cli_reports_bad_config_before_loading_anything(tmp_path, capsys, no_mod
 def test_every_registered_loss_passes_with_its_defaults_and_nearby_values():
     """The hyperparameter checks refuse no valid configuration: defaults, and defaults scaled by
     0.5 (and x2 where that stays in range), validate for every registered loss."""
-    from dpokit.loss_checks import check_loss
+    from dpokit.losses.checks import check_loss
 
     for spec in list_losses():
         check_loss(get_loss(spec.name))
@@ -95,7 +95,7 @@ def test_every_registered_loss_passes_with_its_defaults_and_nearby_values():
 def test_probe_catches_only_hyperparameter_errors():
     """modpo relates its weights to the data's score columns: a valid 3-objective setting must
     pass although no data is there yet (the synthetic layer skips losses that read extras)."""
-    from dpokit.loss_checks import check_loss
+    from dpokit.losses.checks import check_loss
 
     check_loss(get_loss("modpo", weights=[0.4, 0.3, 0.3]))
     with pytest.raises(ValueError, match="weights"):

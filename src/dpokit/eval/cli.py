@@ -108,7 +108,7 @@ def cmd_eval(args) -> int:
         if judge:
             print("dpokit eval: error: give --judge or --reward-model, not both", file=sys.stderr)
             return 2
-        from ..judges import RewardModelJudge
+        from ..preference.judges import RewardModelJudge
 
         judge = RewardModelJudge.from_pretrained(args.reward_model, args.trust_remote_code, device=str(device))
     result, rows = evaluate_checkpoint(policy, reference, tokenizer, pairs, prompts, judge, loss_fn, settings)

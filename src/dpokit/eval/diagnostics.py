@@ -13,8 +13,8 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from ..engine import LogProbEngine
-from ..logprobs import Group, _chunk_logits, logit_transform, split_model
+from ..scoring.lm.engine import LogProbEngine
+from ..scoring.lm.projection import Group, _chunk_logits, logit_transform, split_model
 from ..losses import Needs
 from .metrics import fisher_rao, next_token_kl, spectral_contraction, topk_indicators
 

@@ -8,7 +8,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from ..data import collate
-from ..engine import LogProbEngine
+from ..scoring.lm.engine import LogProbEngine
 from ..losses import Needs
 
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .diagnostics import as_model, completion_statistics, has_reference_model, layer_trace, sample_from_ids
-from .judges import judge_name, load_judge, score_all
+from ..preference.callables import judge_name, load_judge, score_all
 from .metrics import distinct_n, margin_distribution, mean_and_stderr, probe_accuracy, win_rate
 from .preference import evaluate_pairs
 
@@ -226,7 +226,7 @@ def evaluate_checkpoint(policy, reference, tokenizer, pairs: Sequence = (), prom
 
     ``pairs``: tokenized held-out pairs (``TokenizedExample``); ``prompts``: ``(ids, text)`` tuples for
     generation (default: the distinct prompts of ``pairs``); ``judge``: a callable or a spec for
-    :func:`~dpokit.eval.judges.load_judge`. Returns ``(result, sample_rows)``."""
+    :func:`~dpokit.preference.callables.load_judge`. Returns ``(result, sample_rows)``."""
     started = time.time()
     pad = tokenizer.pad_token_id
     result: Dict[str, Any] = {key: None for key in EVAL_KEYS}

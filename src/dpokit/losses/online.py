@@ -1,6 +1,6 @@
 """Losses of online methods that need more than one pair's four log-probs.
 
-They read per-example tensors that the online round loop (:mod:`dpokit.train.online`) supplies in
+They read per-example tensors that the online round loop (:mod:`dpokit.online.loop`) supplies in
 ``LossInputs.extras``:
 
 * ``xpo``: ``ref_is_chosen`` [B] (1 where the chosen response is the reference model's sample);

@@ -21,8 +21,8 @@ import torch
 
 from ..data import tokenize_examples
 from ..data.formats import PreferencePair
-from ..engine import LogProbEngine
-from ..eval.generation import HFSampler, SamplingConfig
+from ..scoring.lm.engine import LogProbEngine
+from ..sampling import HFSampler, SamplingConfig
 from ..eval.preference import evaluate_pairs
 from ..losses import Needs, get_spec
 from ..paths import safe_join

@@ -2,7 +2,7 @@
 
 Same task, tokenizer, tiny Llama and warm-up as ``dpokit demo`` (same seed: the same warm-up model),
 then instead of one DPO pass on pairs sampled once from the warm-up model, ``--rounds`` rounds of
-the online loop (:mod:`dpokit.train.online`): each round samples the current policy on a new slice
+the online loop (:mod:`dpokit.online.loop`): each round samples the current policy on a new slice
 of the training prompts, judges the samples with the task's verifiable reward (a Python callable
 judge, ``dpokit.tasks.online_demo:parity_reward``), builds pairs and trains with the same trainer.
 The total number of generated training samples equals the offline demo's
@@ -23,7 +23,7 @@ import torch
 
 from ..data import tokenize_examples
 from ..data.formats import PreferencePair
-from ..eval.generation import HFSampler, SamplingConfig
+from ..sampling import HFSampler, SamplingConfig
 from ..tiny import tiny_llama, train_tokenizer
 from .demo import DemoSettings, _jsonl, evaluate_policy, format_table
 from .parity import ParityTask, build_pairs
@@ -52,7 +52,7 @@ def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..config import from_dict
-    from ..train.online import OnlineLoop, STRATEGIES
+    from ..online.loop import OnlineLoop, STRATEGIES
     from ..train.sft import sft_train
 
     if strategy not in STRATEGIES:

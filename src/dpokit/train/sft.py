@@ -9,7 +9,7 @@ from typing import Sequence, Tuple
 import torch
 
 from ..data.tokenize import TokenizedExample
-from ..engine import LogProbEngine
+from ..scoring.lm.engine import LogProbEngine
 from ..losses import Needs
 
 

@@ -32,7 +32,7 @@ from ..config import Config, ConfigError, build_loss
 from ..data import EpochBatchOrder, collate, load_examples, tokenize_examples
 from ..data.build import prepare_examples
 from ..data.formats import LoadReport
-from ..engine import LogProbEngine
+from ..scoring.lm.engine import LogProbEngine
 from ..losses import LossInputs
 from ..models import load_causal_lm, load_policy
 from ..paths import safe_join
@@ -107,8 +107,8 @@ class Trainer:
         self.metrics = MetricsLog(safe_join(self.output_dir, "metrics.jsonl"), enabled=self.is_main)
         self.loss_fn = build_loss(config.loss)
         self.callbacks: List[Callback] = list(callbacks or [])
-        if t.monitor:  # over-optimisation indicators at eval steps (dpokit.eval.monitor)
-            from ..eval.monitor import monitor_callback
+        if t.monitor:  # over-optimisation indicators at eval steps (dpokit.train.monitor)
+            from .monitor import monitor_callback
 
             self.callbacks.append(monitor_callback(t.monitor))
 
@@ -607,7 +607,7 @@ class Trainer:
 
 def _check_layout(model, layout: str) -> None:
     """A layout the model cannot run stops the run here, before data, reference and training."""
-    from .. import layouts
+    from ..scoring.lm import layouts
 
     supported = getattr(layouts, "layout_supported", None)
     if supported is None or layout == "padded":

@@ -49,7 +49,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .logprobs import Group, rows_of
+from .projection import Group, rows_of
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def layout_supported(model, name: str, probe: bool = False) -> Tuple[bool, str]:
 
 
 def _probe(model, name: str, reason: str) -> Tuple[bool, str]:
-    from .logprobs import split_model
+    from .projection import split_model
 
     try:
         backbone, lm_head = split_model(model)

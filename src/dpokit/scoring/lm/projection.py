@@ -3,7 +3,7 @@
 The engine never materialises a ``[rows, length, vocab]`` logits tensor:
 
 1. the model's backbone (the transformer without its LM head) runs once over all rows of the
-   batch (chosen and rejected together, laid out by :mod:`dpokit.layouts`) and returns hidden
+   batch (chosen and rejected together, laid out by :mod:`dpokit.scoring.lm.layouts`) and returns hidden
    states;
 2. only the hidden states that predict a completion token are kept (prompt positions are most
    of the tokens in preference data and need no vocabulary projection at all);
@@ -31,7 +31,7 @@ scaling) are honoured; their derivative is taken by autograd on the chunk inside
 
 Batch layout: rows come in *groups* ``(prompt_ids, [completion_ids, ...])``; rows are ordered
 group-major (pairs: chosen_0, rejected_0, chosen_1, ...). Layouts (how rows become model inputs)
-live in :mod:`dpokit.layouts`; they return the selected hidden states and targets.
+live in :mod:`dpokit.scoring.lm.layouts`; they return the selected hidden states and targets.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
   last ``even``/``odd`` word of the response is right for the prompt's number, else 0);
 * ``package.module:function`` (an importable module);
 * ``path/to/file.py:function`` (a Python file, loaded without putting it on ``sys.path``);
-* a judge object with ``score(prompts, responses) -> list`` (e.g. ``dpokit.judges.RewardModelJudge``;
+* a judge object with ``score(prompts, responses) -> list`` (e.g. ``dpokit.preference.judges.RewardModelJudge``;
   ``dpokit eval --reward-model PATH`` builds one).
 
 A judge may return ``bool`` or ``int``; scores are converted to ``float``. A verifier is a judge
@@ -34,7 +34,7 @@ BUILTIN_JUDGES: Dict[str, Judge] = {"parity": parity_judge}
 
 def load_judge(spec) -> Judge:
     """A callable ``judge(prompt, response)`` from a spec (see the module docstring); callables and
-    pointwise judge objects (with ``score(prompts, responses)``, e.g. :mod:`dpokit.judges`) pass as is."""
+    pointwise judge objects (with ``score(prompts, responses)``, e.g. :mod:`dpokit.preference.judges`) pass as is."""
     if callable(spec) or hasattr(spec, "score"):
         return spec
     if not isinstance(spec, str) or not spec:

@@ -136,7 +136,7 @@ def synthetic_inputs(needs, batch: int = 4, length: int = 3, seed: int = 0):
     """A small :class:`~dpokit.losses.LossInputs` holding what ``needs`` asks for (no extras)."""
     import torch
 
-    from .losses import LossInputs
+    from . import LossInputs
 
     gen = torch.Generator().manual_seed(seed)
     logps = lambda *shape: -(0.1 + 2.0 * torch.rand(*shape, generator=gen))  # noqa: E731
@@ -172,7 +172,7 @@ def synthetic_inputs(needs, batch: int = 4, length: int = 3, seed: int = 0):
 def synthetic_run(loss) -> None:
     """Run every eligible component on synthetic inputs; raise its error when the same loss with
     default hyperparameters runs cleanly on them (see the module docstring)."""
-    from .losses.registry import ConfiguredLoss
+    from .registry import ConfiguredLoss
 
     for _, leaf in _components(loss):
         spec = getattr(leaf, "spec", None)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.formats import PreferencePair, iter_records, load_examples, parse_pair
-from ..judges import RewardModelJudge, load_reward_model, reward_model_scores
+from .judges import RewardModelJudge, load_reward_model, reward_model_scores
 
 logger = logging.getLogger("dpokit")
 

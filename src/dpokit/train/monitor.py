@@ -46,10 +46,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .diagnostics import completion_statistics, has_reference_model, sample_from_ids
-from .judges import load_judge, score_all
-from .metrics import distinct_n
-from .preference import preference_accuracy
+from ..eval.diagnostics import completion_statistics, has_reference_model, sample_from_ids
+from ..preference.callables import load_judge, score_all
+from ..eval.metrics import distinct_n
+from ..eval.preference import preference_accuracy
 
 logger = logging.getLogger("dpokit")
 
@@ -61,7 +61,7 @@ class MonitorOptions:
     k: int = 10
     batch_size: int = 16
     beta: Optional[float] = None  # default: the loss's beta, else 0.1
-    judge: Any = None  # 'module:function', a built-in name, or a dpokit.judges mapping {kind: ...}
+    judge: Any = None  # 'module:function', a built-in name, or a dpokit.preference.judges mapping {kind: ...}
     samples: Optional[int] = None  # answers per prompt; default 1 with a judge, else 0
     prompts: int = 32
     max_new_tokens: int = 32
@@ -109,8 +109,8 @@ class Monitor:
     def __init__(self, options: MonitorOptions):
         self.options = options
         self.judge = None
-        if isinstance(options.judge, dict):  # {kind: reward_model, path: ...}: see dpokit.judges.build_judge
-            from ..judges import build_judge
+        if isinstance(options.judge, dict):  # {kind: reward_model, path: ...}: see dpokit.preference.judges.build_judge
+            from ..preference.judges import build_judge
 
             self.judge = build_judge(options.judge)
         elif options.judge:
@@ -143,7 +143,7 @@ class Monitor:
         if trainer.accelerator.log_with:
             trainer.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
         if not trainer.config.train.progress_bar:
-            from ..train.logging import format_metrics
+            from .logging import format_metrics
 
             keys = ("monitor/accuracy", "monitor/drift_chosen", "monitor/topk_entropy", "monitor/kl",
                     "monitor/judge_reward")

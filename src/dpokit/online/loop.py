@@ -41,10 +41,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from ..config import Config, ConfigError, OnlineConfig, build_loss
-from ..eval.generation import SamplingConfig, make_sampler
-from ..judges import JUDGES, PairwiseJudge, PointwiseJudge, build_judge, judge_group, pair_probability
+from ..sampling import SamplingConfig, make_sampler
+from ..preference.judges import JUDGES, PairwiseJudge, PointwiseJudge, build_judge, judge_group, pair_probability
 from ..reference import AdapterDisabledReference, ModelReference
-from . import checkpoint as ckpt
+from ..train import checkpoint as ckpt
 from .rounds import SOURCES, Group, append_jsonl, load_prompts, read_jsonl, select_pairs, write_jsonl
 from .strategies import STRATEGIES, RoundStrategy, check_options, register_strategy
 
@@ -123,7 +123,7 @@ class OnlineLoop:
 
     Python API: ``OnlineLoop(config, model=None, tokenizer=None, judge=None, prompts=None,
     eval_prompts=None, eval_hook=None).run(resume=False)``; ``judge`` may be any judge object
-    (:mod:`dpokit.judges`) or a callable ``(prompt, response) -> score``; ``eval_hook(policy, round)``
+    (:mod:`dpokit.preference.judges`) or a callable ``(prompt, response) -> score``; ``eval_hook(policy, round)``
     returns extra metrics for the round.
     """
 
@@ -425,7 +425,7 @@ class OnlineLoop:
         )
 
     def make_trainer(self, config: Config, callbacks: Sequence[Callable] = ()):
-        from .trainer import Trainer
+        from ..train.trainer import Trainer
 
         return Trainer(config, model=self.policy, tokenizer=self.tokenizer,
                        callbacks=list(self.strategy.callbacks()) + list(callbacks), reference=self.round_reference())
@@ -489,7 +489,7 @@ class OnlineLoop:
 
     # -- saving and restoring -------------------------------------------------------------------
     def _write_config(self) -> None:
-        from .trainer import _serializable
+        from ..train.trainer import _serializable
 
         with open(os.path.join(self.run_dir, "config.yaml"), "w") as handle:
             yaml.safe_dump(_serializable(self.config.to_dict()), handle, sort_keys=False)
@@ -627,7 +627,7 @@ class RefreshingRound:
 
 # ------------------------------------------------------------------------------------------------
 def _last_train_metrics(path: str, result: Dict[str, Any]) -> Dict[str, Any]:
-    from .logging import read_metrics
+    from ..train.logging import read_metrics
 
     out: Dict[str, Any] = {"trained": True, "steps": result.get("step")}
     if os.path.exists(path):

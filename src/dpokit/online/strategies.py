@@ -1,7 +1,7 @@
 """Round strategies of online training: what one method changes in a round (reference, samplers,
 how judged samples become training rows, the loss, hooks between rounds), as a registry.
 
-``STRATEGIES[name]`` is a :class:`RoundStrategy` subclass; :class:`dpokit.train.online.OnlineLoop`
+``STRATEGIES[name]`` is a :class:`RoundStrategy` subclass; :class:`dpokit.online.loop.OnlineLoop`
 calls its hooks and knows no method by name. A new online method is a new subclass with
 ``@register_strategy(name)`` (and, if its loss needs more inputs, a registered loss and an engine
 wrapper like :class:`SideRowsEngine`).
@@ -20,11 +20,11 @@ import torch
 from safetensors.torch import load_file
 
 from ..config import ConfigError
-from . import checkpoint as ckpt
+from ..train import checkpoint as ckpt
 from .rounds import SOURCES, Group, _empty, _key, read_jsonl, select_pairs
 
 if TYPE_CHECKING:
-    from .online import OnlineLoop
+    from .loop import OnlineLoop
 
 
 # ------------------------------------------------------------------------------------------------

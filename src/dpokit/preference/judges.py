@@ -8,7 +8,7 @@ Two kinds, two small interfaces:
 
   - :class:`CallableJudge`: a Python function ``fn(prompt, response) -> float`` (a verifier, a rule,
     your own scorer), given as an object or loaded from ``"module:function"`` /
-    ``"path/file.py:function"`` / a built-in name (see :func:`dpokit.eval.judges.load_judge`);
+    ``"path/file.py:function"`` / a built-in name (see :func:`dpokit.preference.callables.load_judge`);
   - :class:`RewardModelJudge`: a Hugging Face sequence-classification reward model
     (``AutoModelForSequenceClassification``, one output), safetensors weights only,
     ``trust_remote_code`` off unless asked. ``dpokit train-rm`` trains one.
@@ -63,7 +63,7 @@ class CallableJudge:
 
     def __init__(self, fn: Any, batched: bool = False):
         if not callable(fn):
-            from .eval.judges import load_judge
+            from .callables import load_judge
 
             fn = load_judge(fn)
         self.fn = fn
@@ -144,7 +144,7 @@ def load_reward_model(path: str, trust_remote_code: bool = False, dtype: str = "
     safetensors weights only. A causal-LM checkpoint gets a fresh, untrained score head."""
     from transformers import AutoModelForSequenceClassification
 
-    from .models import DTYPES, load_tokenizer
+    from ..models import DTYPES, load_tokenizer
 
     kwargs: Dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True,
                               "num_labels": num_labels}
@@ -191,7 +191,7 @@ class CallablePairwiseJudge:
 
     def __init__(self, fn: Any):
         if not callable(fn):
-            from .eval.judges import load_judge
+            from .callables import load_judge
 
             fn = load_judge(fn)
         self.fn = fn

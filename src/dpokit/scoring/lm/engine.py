@@ -11,11 +11,11 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .data.collate import Batch
-from .distributed import forward_through
+from ...data.collate import Batch
+from ...distributed import forward_through
 from .layouts import get_layout
-from .logprobs import Group, TokenLogprobs, logit_transform, project_selected, scatter_rows, split_model
-from .losses import LossInputs, Needs
+from .projection import Group, TokenLogprobs, logit_transform, project_selected, scatter_rows, split_model
+from ...losses import LossInputs, Needs
 
 
 class LogProbEngine:
