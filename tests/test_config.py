@@ -1,6 +1,7 @@
 import pytest
 
 from dpokit.config import ConfigError, from_dict, load_config
+from dpokit.preflight import checked_config
 
 from conftest import train_config
 
@@ -31,19 +32,19 @@ def test_valid_config_and_overrides():
 ])
 def test_bad_configs_fail_before_loading(raw, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        from_dict(raw)
+        checked_config(raw)
 
 
 def test_yaml_file_errors(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
-        load_config(str(path))
+        checked_config(str(path))
     path.write_text("!!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(ConfigError):  # safe_load refuses arbitrary objects
-        load_config(str(path))
+        checked_config(str(path))
     with pytest.raises(ConfigError, match="not found"):
-        load_config(str(tmp_path / "missing.yaml"))
+        checked_config(str(tmp_path / "missing.yaml"))
 
 
 def test_example_configs_are_valid():

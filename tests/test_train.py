@@ -167,6 +167,6 @@ def test_precomputed_reference_with_eval_set_matches_the_model(tiny_model_dir, p
     model = ModelReference(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     for examples in (trainer.train_examples[:4], trainer.eval_examples[:4]):
         batch = collate(examples)
-        cached = trainer.reference.token_logprobs(trainer.engine, batch)
-        direct = model.token_logprobs(trainer.engine, batch)
+        cached = trainer.reference.token_logprobs(trainer.scorer, batch)
+        direct = model.token_logprobs(trainer.scorer, batch)
         torch.testing.assert_close(cached.sums, direct.sums, atol=1e-4, rtol=1e-5)

@@ -23,20 +23,15 @@ def _quiet_libraries() -> None:
 
 
 def cmd_train(args) -> int:
-    from .config import load_config
+    from .errors import CheckpointError, NonFiniteError
+    from .online.loop import run_online
+    from .preflight import checked_config
     from .train import Trainer
 
-    from .train.checkpoint import CheckpointError
-    from .train.trainer import NonFiniteError
-
-    config = load_config(args.config, args.set or [])
+    config = checked_config(args.config, args.set or [])  # every check, before any model loads
+    online = bool(config.online.strategy)  # generate -> judge -> train rounds (dpokit.online.loop)
     try:
-        if config.online.strategy:  # generate -> judge -> train rounds (dpokit.online.loop)
-            from .online.loop import run_online
-
-            result = run_online(config, resume=args.resume)
-        else:
-            result = Trainer(config).fit(resume=args.resume)
+        result = run_online(config, resume=args.resume) if online else Trainer(config).fit(resume=args.resume)
     except (NonFiniteError, CheckpointError) as err:  # the run stopped with an explanation (and a checkpoint)
         print(f"dpokit: error: {err}", file=sys.stderr)
         return 3
@@ -148,8 +143,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
-    from .config import ConfigError
-    from .data.formats import DataError
+    from .errors import ConfigError, DataError
 
     try:
         return args.func(args)

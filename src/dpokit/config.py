@@ -23,9 +23,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401  (re-exported as dpokit.config.ConfigError)
 
-class ConfigError(ValueError):
-    pass
+
 
 
 @dataclass
@@ -151,6 +151,29 @@ class Config:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_yaml_dict(self) -> Dict[str, Any]:
+        """``to_dict`` with every value YAML can write (anything else as its string)."""
+        return _plain(self.to_dict())
+
+    def flat(self) -> Dict[str, Any]:
+        """``{"section.key": value}`` for the scalar values (what experiment trackers record)."""
+        flat = {}
+        for section, values in self.to_dict().items():
+            for key, value in (values.items() if isinstance(values, dict) else []):
+                if isinstance(value, (int, float, str, bool)):
+                    flat[f"{section}.{key}"] = value
+        return flat
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
 
 CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
@@ -244,9 +267,12 @@ def _positive(path: str, value, allow_zero: bool = False) -> None:
 
 
 def validate(config: Config) -> Config:
-    """Cross-field checks; builds the loss once so bad loss names or hyperparameters fail early."""
-    from .losses import get_loss
+    """Checks within the config: required keys, ranges, and combinations that need no registry.
 
+    Checks that need the loss, layout or strategy registries (a loss's data kind and reference,
+    hyperparameter ranges, layouts, online strategies) run in :func:`dpokit.preflight.check_run`,
+    which the CLI, the trainer and the online loop call before any model loads.
+    """
     t, d, r = config.train, config.data, config.reference
     if not config.model.name_or_path:
         raise ConfigError("model.name_or_path: required (a local model directory or a hub id)")
@@ -270,59 +296,15 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"reference.sync_alpha: must be in (0, 1], got {r.sync_alpha}")
     if len(t.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in t.adam_betas):
         raise ConfigError(f"train.adam_betas: must be two numbers in [0, 1), got {t.adam_betas}")
-    from .scoring.lm.layouts import LAYOUTS
-
-    if t.layout not in LAYOUTS:
-        raise ConfigError(f"train.layout: {t.layout!r} is not one of {', '.join(sorted(LAYOUTS))}")
-    try:
-        loss = build_loss(config.loss)
-    except (KeyError, ValueError, TypeError) as err:
-        raise ConfigError(f"loss: {err.args[0] if err.args else err}") from None
-    from .losses.checks import check_loss
-
-    try:  # hyperparameter ranges and types (see loss_checks), still without any model
-        check_loss(loss)
-    except ValueError as err:
-        raise ConfigError(f"loss: {err}") from None
-    needs = loss.needs
-    if needs.data != d.kind and not (needs.data == "unpaired" and d.kind == "pairs") and d.kind != "lists":
-        hint = " (set data.kind: lists; pair records are read as two-response lists)" if needs.data == "lists" else ""
-        raise ConfigError(f"loss {loss.name!r} trains on {needs.data} data but data.kind is {d.kind!r}{hint}")
-    _validate_list_options(config, loss)
-    if not needs.reference and r.kind not in ("auto", "none"):
-        raise ConfigError(f"reference.kind: loss {loss.name!r} is reference-free; remove the reference "
-                          f"(kind: none) instead of {r.kind!r}")
-    if not needs.reference:
-        for key, value in (("path", r.path), ("precompute", r.precompute), ("sync_every", r.sync_every)):
-            if value:
-                raise ConfigError(f"reference.{key}: loss {loss.name!r} is reference-free, so reference.{key} "
-                                  "would be ignored; remove it")
     if r.kind == "path" and not r.path:
         raise ConfigError("reference.path: required when reference.kind is 'path'")
     if r.path and r.kind not in ("path", "auto"):
         raise ConfigError(f"reference.path is set but reference.kind is {r.kind!r}; use kind: path")
     if r.kind == "lora_disabled" and not config.lora.enabled:
         raise ConfigError("reference.kind 'lora_disabled' needs lora.enabled: true")
-    if needs.reference and r.kind == "none":
-        raise ConfigError(f"loss {loss.name!r} needs a reference model; reference.kind cannot be 'none'")
-    if r.precompute and "ref_kl" in needs.token_stats:
-        raise ConfigError(f"reference.precompute cannot serve loss {loss.name!r}: it needs the reference "
-                          "model's full next-token distributions (per-token KL), not cached log-probs")
     if r.precompute and r.sync_every:
         raise ConfigError("reference.precompute and reference.sync_every exclude each other: a synced "
                           "reference changes, so its log-probs cannot be cached")
-    if config.online.strategy:
-        from .online.loop import validate_online
-
-        validate_online(config)
-    return config
-
-
-def _validate_list_options(config: Config, loss) -> None:
-    """Checks of the ranked-list options (pair builder, curriculum, label noise, Sem-DPO weights)."""
-    from .data.build import curriculum_settings
-
-    d, r, needs = config.data, config.reference, loss.needs
     if d.min_margin < 0:
         raise ConfigError(f"data.min_margin: must be >= 0, got {d.min_margin}")
     if d.pair_builder == "margin" and d.min_margin <= 0:
@@ -337,43 +319,7 @@ def _validate_list_options(config: Config, loss) -> None:
         for name, weight in d.objective_weights.items():
             if isinstance(weight, bool) or not isinstance(weight, (int, float)):
                 raise ConfigError(f"data.objective_weights.{name}: expected a number, got {weight!r}")
-    try:
-        curriculum = curriculum_settings(d.curriculum)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    if curriculum:
-        if needs.data != "pairs" or not needs.reference:
-            raise ConfigError(f"data.curriculum: needs a pairwise loss with a reference model; {loss.name!r} "
-                              f"trains on {needs.data}" + ("" if needs.reference else " without a reference"))
-        if r.precompute or r.kind in ("lora_disabled", "none") or (r.kind == "auto" and config.lora.enabled):
-            raise ConfigError("data.curriculum: replaces the reference model by the policy at each stage, which "
-                              "needs a separate reference model (reference.kind copy or path, no precompute, "
-                              "not lora_disabled)")
-
-
-def build_loss(section: Dict[str, Any]):
-    """``{name: "dpo", beta: 0.1}`` or ``{components: [...], beta: ...}`` -> a loss callable."""
-    from .losses import get_loss
-
-    section = dict(section or {})
-    modifiers = section.pop("modifiers", None)
-    if "components" in section:
-        if "name" in section:
-            raise ValueError("give either 'name' or 'components', not both")
-        target = section.pop("components")
-    else:
-        if "name" not in section:
-            raise ValueError("'name' is required (e.g. name: dpo)")
-        target = section.pop("name")
-    loss = get_loss(target, **section)
-    if modifiers:
-        from . import losses
-
-        apply = getattr(losses, "apply_modifiers", None)
-        if apply is None:
-            raise ValueError("loss modifiers are not available in this version")
-        loss = apply(loss, modifiers)
-    return loss
+    return config
 
 
 def set_by_path(raw: Dict[str, Any], assignment: str) -> None:

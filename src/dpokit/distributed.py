@@ -37,13 +37,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import math
 import os
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .errors import ConfigError
 
 logger = logging.getLogger("dpokit")
 
@@ -54,8 +55,7 @@ __all__ = [
     "shard_bounds", "shard_for_rank", "gather_objects", "broadcast_object", "item_seed", "item_generator",
     "map_sharded", "reduce_weighted", "all_reduce_sum", "EpochPlan", "epoch_plan", "forward_through",
     "link_wrapper", "engine_kind", "zero_stage", "shards_parameters", "cpu_only", "check_launch",
-    "fill_deepspeed_auto", "register_head_for_zero3", "prepare_frozen", "weights_fingerprint",
-    "build_reference_cache",
+    "fill_deepspeed_auto", "register_external_parameters", "prepare_frozen", "resolve_mixed_precision",
 ]
 
 
@@ -366,23 +366,21 @@ def fill_deepspeed_auto(accelerator, batch_size: int, max_grad_norm: Optional[fl
         zero["stage3_gather_16bit_weights_on_model_save"] = True  # final/ holds the whole weights
 
 
-def register_head_for_zero3(accelerator, wrapped) -> None:
-    """ZeRO-3 gathers a module's partitioned weights when that module is called; the engine reads
-    the LM head's weight directly (chunked projection), so it is registered as an external
-    parameter of the module whose forward runs the engine's computation."""
+def register_external_parameters(accelerator, wrapped, params) -> None:
+    """ZeRO-3 gathers a module's partitioned weights when that module is called; a scorer that reads
+    a weight directly (the LM scorer's chunked projection reads the LM head's) names it here, and it
+    is registered as an external parameter of the module whose forward runs the scorer."""
     if not (engine_kind(accelerator) == "deepspeed" and zero_stage(accelerator) == 3):
         return
     import deepspeed
 
-    from .scoring.lm.projection import split_model
-
     _, inner = _wrapper_of(wrapped)
-    _, lm_head = split_model(wrapped)
-    for param in lm_head.parameters(recurse=False):
+    for param in params:
         deepspeed.zero.register_external_parameter(inner, param)
 
 
-def prepare_frozen(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+def prepare_frozen(accelerator, model: torch.nn.Module,
+                   external_parameters: Optional[Callable[[Any], Sequence]] = None) -> torch.nn.Module:
     """Place a frozen model (the reference) for the engine in use, in eval mode.
 
     * one process, DDP, ZeRO-0/1/2: moved to the device, not wrapped (no gradients to reduce);
@@ -402,7 +400,8 @@ def prepare_frozen(accelerator, model: torch.nn.Module) -> torch.nn.Module:
         model = _fsdp1_wrap(accelerator, model)
     elif kind == "deepspeed" and zero_stage(accelerator) == 3:
         model = _zero3_inference_engine(accelerator, model)
-        register_head_for_zero3(accelerator, model)
+        if external_parameters is not None:  # what the scorer reads directly (the LM head)
+            register_external_parameters(accelerator, model, external_parameters(model))
     else:
         model = model.to(accelerator.device)
     model.eval()
@@ -465,89 +464,30 @@ def _drop_auto(cfg: Dict[str, Any]) -> None:
             _drop_auto(value)
 
 
-# ---- reference log-probs computed once, split across processes ---------------------------------
+# ---- the machine ---------------------------------------------------------------------------
 
-def weights_fingerprint(source: str, model: Optional[torch.nn.Module] = None, revision: Optional[str] = None) -> str:
-    """Reference-cache fingerprint of a model that is (or will be) sharded, on the main process only
-    (other processes get ``""``; the main process's key is broadcast). A local directory: the bytes
-    of its weight files, which is what every process loads. A hub id: the id and revision. Without
-    either, the in-memory weights (:func:`dpokit.reference.fingerprint_model`)."""
-    if not is_main_process():
-        return ""
-    digest = hashlib.blake2b(digest_size=16)
-    if source and os.path.isdir(source):
-        files = sorted(f for f in os.listdir(source) if f.endswith((".safetensors", ".bin")))
-        for name in files:
-            digest.update(name.encode())
-            with open(os.path.join(source, name), "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 24), b""):
-                    digest.update(block)
-        if files:
-            return "files-" + digest.hexdigest()
-    if source and not os.path.exists(source):
-        return "hub-" + hashlib.blake2b(f"{source}@{revision or 'main'}".encode(), digest_size=16).hexdigest()
-    from .reference import fingerprint_model
-
-    return fingerprint_model(model)
+def _has_gpu() -> bool:
+    if torch.cuda.is_available():
+        return True
+    for name in ("xpu", "npu", "mps"):
+        backend = getattr(torch, name, None) or getattr(torch.backends, name, None)
+        try:
+            if backend is not None and backend.is_available():
+                return True
+        except Exception:  # a backend stub without a working runtime
+            pass
+    return False
 
 
-def build_reference_cache(inner, engine, examples: Sequence, cache_dir: str, batch_size: int,
-                          model_fingerprint: Optional[str] = None):
-    """:meth:`dpokit.reference.CachedReference.build` for many processes: the main process decides
-    whether a usable cache exists (so every process takes the same path), each process computes a
-    contiguous share of the examples with the same number of forwards (forwards are collective
-    under FSDP, ZeRO-3 and for a LoRA policy inside DDP), the shares are gathered, and the main
-    process writes the file. One process: ``CachedReference.build`` itself."""
-    from .data.collate import collate
-    from .reference import AdapterDisabledReference, CachedReference, _load_store, _save_store
-
-    if not is_distributed():
-        return CachedReference.build(inner, engine, examples, cache_dir, batch_size, model_fingerprint)
-    path, store = None, None
-    if is_main_process():
-        key = CachedReference.cache_key(inner.model, examples, model_fingerprint,
-                                        adapters_disabled=isinstance(inner, AdapterDisabledReference))
-        path = os.path.join(cache_dir, f"reference-{key}.safetensors")
-        if os.path.exists(path):
-            try:
-                store = _load_store(path)
-            except Exception as err:  # damaged: recompute
-                logger.warning("reference log-probs: cache %s is unreadable (%s); recomputing", path, err)
-                store = None
-            if store is not None and not all(ex.index in store for ex in examples):
-                logger.warning("reference log-probs: cache %s lacks some examples; recomputing", path)
-                store = None
-    path = broadcast_object(path)
-    if broadcast_object(store is not None):
-        logger.info("reference log-probs: reusing cache %s", path)
-        return CachedReference(broadcast_object(store), path, hit=True)
-
-    lo, hi = shard_bounds(len(examples))
-    local = list(examples[lo:hi])
-    per_process = math.ceil(len(examples) / world_size())
-    n_batches = max(1, math.ceil(per_process / batch_size))
-    logger.info("reference log-probs: computing %d examples on %d processes -> %s", len(examples), world_size(), path)
-    computed: Dict[int, List[torch.Tensor]] = {}
-    for b in range(n_batches):
-        chunk = local[b * batch_size:(b + 1) * batch_size]
-        keep = bool(chunk)
-        chunk = chunk or list(examples[:1])  # a forward every process runs; its result is discarded
-        batch = collate(chunk, "pairs" if all(len(ex.completions) == 2 for ex in chunk) else "unpaired")
-        with torch.no_grad():
-            lp = inner.token_logprobs(engine, batch)
-        if not keep:
-            continue
-        row = 0
-        for ex in chunk:
-            computed[ex.index] = []
-            for _ in ex.completions:
-                computed[ex.index].append(lp.token_logps[row][lp.mask[row]].detach().float().cpu())
-                row += 1
-    merged: Dict[int, List[torch.Tensor]] = {}
-    for part in gather_objects([computed]):
-        merged.update(part)
-    if is_main_process():
-        os.makedirs(cache_dir, exist_ok=True)
-        _save_store(merged, path)
-    barrier()
-    return CachedReference(merged, path)
+def resolve_mixed_precision(setting: str) -> str:
+    """``auto``: bf16 where the GPU has it, else fp16 (with loss scaling), none on CPU. An explicit
+    ``fp16`` without a GPU is an error: fp16 loss scaling runs only on GPUs, and fp16 without it
+    underflows; this is checked when the trainer starts, before any model loads."""
+    if setting == "fp16" and not _has_gpu():
+        raise ConfigError("train.mixed_precision: fp16 needs a GPU (its loss scaling runs only there) and none "
+                          "is available; use bf16, no, or auto (which picks for the machine)")
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"

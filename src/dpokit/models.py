@@ -8,7 +8,7 @@ loaded only from safetensors files (``use_safetensors=True``): a checkpoint that
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -76,3 +76,17 @@ def load_policy(cfg: Config):
     if cfg.lora.enabled:
         model = apply_lora(model, cfg)
     return model, tokenizer
+
+
+def trainable_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """Parameters that train (all, or the LoRA ones), contiguous and de-duplicated for safetensors."""
+    state = {}
+    seen = set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.data_ptr() in seen:
+            continue
+        seen.add(param.data_ptr())
+        state[name] = param.detach().cpu().contiguous()
+    return state

@@ -12,13 +12,13 @@ import os
 import re
 from typing import Union
 
+from .errors import UnsafePathError  # noqa: F401  (re-exported)
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._+=@-]+")
 
 
-class UnsafePathError(ValueError):
-    """A name would resolve outside the directory it must stay in."""
 
 
 def safe_join(base: PathLike, *parts: PathLike) -> str:

@@ -15,17 +15,22 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
+import math
 import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .scoring.lm.projection import TokenLogprobs, scatter_rows
+from . import distributed as dist
+from .data.collate import collate
+from .errors import ConfigError
 from .paths import safe_join
+from .scoring.lm.projection import TokenLogprobs, scatter_rows
 
 logger = logging.getLogger(__name__)
 
@@ -136,37 +141,47 @@ class CachedReference:
 
     @classmethod
     def build(cls, inner: ModelReference, engine, examples: Sequence, cache_dir: str, batch_size: int = 8,
-              model_fingerprint: Optional[str] = None) -> "CachedReference":
-        from .data.collate import collate
+              model_fingerprint: Optional[str] = None, shard: bool = True) -> "CachedReference":
+        """Compute (or reuse) the reference log-probs of ``examples``.
 
-        key = cls.cache_key(inner.model, examples, model_fingerprint,
-                            adapters_disabled=isinstance(inner, AdapterDisabledReference))
-        path = safe_join(cache_dir, f"reference-{key}.safetensors")
-        if os.path.exists(path):
-            try:
-                store = _load_store(path)
-            except Exception as err:  # a damaged file (e.g. a disk that filled up): recompute it
-                logger.warning("reference log-probs: cache %s is unreadable (%s); recomputing", path, err)
-            else:
-                if all(ex.index in store for ex in examples):
-                    logger.info("reference log-probs: reusing cache %s", path)
-                    return cls(store, path, hit=True)
-                logger.warning("reference log-probs: cache %s lacks some examples; recomputing", path)
-        logger.info("reference log-probs: computing once for %d examples -> %s", len(examples), path)
-        store: Dict[int, List[torch.Tensor]] = {}
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            batch = collate(chunk, "pairs" if len(chunk[0].completions) == 2 else "unpaired")
-            lp = inner.token_logprobs(engine, batch)
-            row = 0
-            for ex in chunk:
-                store[ex.index] = []
-                for _ in ex.completions:
-                    store[ex.index].append(lp.token_logps[row][lp.mask[row]].detach().float().cpu())
-                    row += 1
-        os.makedirs(cache_dir, exist_ok=True)
-        _save_store(store, path)
-        return cls(store, path)
+        With several processes and ``shard`` (the default) the main process decides whether a usable
+        cache exists (so every process takes the same path), each process computes a contiguous share
+        with the same number of forwards (forwards are collective under FSDP, ZeRO-3 and for a LoRA
+        policy inside DDP), the shares are gathered and the main process writes the file. With one
+        process, or ``shard=False``, this process computes everything itself."""
+        sharded = shard and dist.is_distributed()
+        path, store = None, None
+        if dist.is_main_process() or not sharded:
+            key = cls.cache_key(inner.model, examples, model_fingerprint,
+                                adapters_disabled=isinstance(inner, AdapterDisabledReference))
+            path = safe_join(cache_dir, f"reference-{key}.safetensors")
+            store = _read_cache(path, examples)
+        if sharded:
+            path = dist.broadcast_object(path)
+            if dist.broadcast_object(store is not None):
+                store = dist.broadcast_object(store)
+        if store is not None:
+            logger.info("reference log-probs: reusing cache %s", path)
+            return cls(store, path, hit=True)
+        if not sharded:
+            logger.info("reference log-probs: computing once for %d examples -> %s", len(examples), path)
+            store = _compute(inner, engine, list(examples), batch_size, len(examples))
+            os.makedirs(cache_dir, exist_ok=True)
+            save_store(store, path)
+            return cls(store, path)
+        lo, hi = dist.shard_bounds(len(examples))
+        per_process = math.ceil(len(examples) / dist.world_size())
+        logger.info("reference log-probs: computing %d examples on %d processes -> %s", len(examples),
+                    dist.world_size(), path)
+        computed = _compute(inner, engine, list(examples[lo:hi]), batch_size, per_process, filler=examples[:1])
+        merged: Dict[int, List[torch.Tensor]] = {}
+        for part in dist.gather_objects([computed]):
+            merged.update(part)
+        if dist.is_main_process():
+            os.makedirs(cache_dir, exist_ok=True)
+            save_store(merged, path)
+        dist.barrier()
+        return cls(merged, path)
 
     def token_logprobs(self, engine, batch, cache: bool = True) -> TokenLogprobs:
         if not cache:
@@ -185,7 +200,80 @@ class CachedReference:
         return self
 
 
-def _save_store(store: Dict[int, List[torch.Tensor]], path: str) -> None:
+def weights_fingerprint(source: str, model: Optional[torch.nn.Module] = None, revision: Optional[str] = None) -> str:
+    """Reference-cache fingerprint of a model that is (or will be) sharded, on the main process only
+    (other processes get ``""``; the main process's key is broadcast). A local directory: the bytes
+    of its weight files, which is what every process loads. A hub id: the id and revision. Without
+    either, the in-memory weights (:func:`fingerprint_model`)."""
+    if not dist.is_main_process():
+        return ""
+    digest = hashlib.blake2b(digest_size=16)
+    if source and os.path.isdir(source):
+        files = sorted(f for f in os.listdir(source) if f.endswith((".safetensors", ".bin")))
+        for name in files:
+            digest.update(name.encode())
+            with open(os.path.join(source, name), "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(block)
+        if files:
+            return "files-" + digest.hexdigest()
+    if source and not os.path.exists(source):
+        return "hub-" + hashlib.blake2b(f"{source}@{revision or 'main'}".encode(), digest_size=16).hexdigest()
+    return fingerprint_model(model)
+
+
+def build_reference(config, needs, policy, accelerator, scorer, examples: Sequence, policy_from_path: bool = True,
+                    external_parameters=None):
+    """The reference a run's loss reads, from ``config.reference`` (None for a reference-free loss).
+
+    ``kind: auto`` is ``path`` when a path is given, ``lora_disabled`` with LoRA, else ``copy`` (a frozen
+    copy of the initial policy). FSDP and ZeRO-3 get a sharded frozen copy, loaded afresh when the
+    policy came from a path (a ZeRO-3 policy may be partitioned already). With ``precompute`` the
+    reference log-probs of ``examples`` are computed once (split over the processes), cached on
+    disk under a content hash, and the reference model is released."""
+    from .models import load_causal_lm
+
+    r = config.reference
+    if not needs.reference:
+        return None
+    kind = r.kind
+    if kind == "auto":
+        kind = "path" if r.path else ("lora_disabled" if config.lora.enabled else "copy")
+    sharded = dist.shards_parameters(accelerator)
+    if sharded and "ref_kl" in needs.token_stats:
+        raise ConfigError("this loss reads per-token KL to the reference from its hidden states, which needs an "
+                          "unsharded reference: use DDP or ZeRO-1/2 for it")
+    if sharded and r.sync_every:
+        raise ConfigError("reference.sync_every (TR-DPO) updates the reference from the policy in place, which "
+                          "needs unsharded models: use DDP or ZeRO-1/2 for it")
+    fingerprint = None
+    if kind == "lora_disabled":
+        reference = AdapterDisabledReference(policy)
+    else:
+        if kind == "path":
+            frozen = load_causal_lm(r.path, config.model)
+        elif sharded and policy_from_path:
+            frozen = load_causal_lm(config.model.name_or_path, config.model)
+        else:
+            base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+            frozen = copy.deepcopy(base)
+        if sharded and r.precompute:  # the cache key hashes the weights, which sharding splits
+            fingerprint = weights_fingerprint(r.path if kind == "path" else config.model.name_or_path, frozen,
+                                              config.model.revision)
+        reference = ModelReference(dist.prepare_frozen(accelerator, frozen, external_parameters))
+    if not r.precompute:
+        return reference
+    cache_dir = r.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "dpokit", "reference")
+    if not sharded or kind == "lora_disabled":
+        policy.to(accelerator.device)
+    with torch.no_grad():
+        cached = CachedReference.build(reference, scorer, list(examples), cache_dir, config.train.batch_size,
+                                       fingerprint)
+    del reference  # the reference weights are no longer needed in memory
+    return cached.to(accelerator.device)
+
+
+def save_store(store: Dict[int, List[torch.Tensor]], path: str) -> None:
     keys = sorted(store)
     rows = [t for k in keys for t in store[k]]
     tensors = {
@@ -203,7 +291,7 @@ def _save_store(store: Dict[int, List[torch.Tensor]], path: str) -> None:
             os.remove(tmp)
 
 
-def _load_store(path: str) -> Dict[int, List[torch.Tensor]]:
+def load_store(path: str) -> Dict[int, List[torch.Tensor]]:
     data = load_file(path)
     pieces = torch.split(data["flat"], data["lengths"].tolist())
     store, row = {}, 0
@@ -212,4 +300,44 @@ def _load_store(path: str) -> Dict[int, List[torch.Tensor]]:
         row += count
     if row != len(pieces):
         raise ValueError(f"{path}: {len(pieces)} rows stored but the index accounts for {row}")
+    return store
+
+
+def _read_cache(path: str, examples: Sequence) -> Optional[Dict[int, List[torch.Tensor]]]:
+    """The stored log-probs at ``path`` if the file is readable and covers every example, else None."""
+    if not os.path.exists(path):
+        return None
+    try:
+        store = load_store(path)
+    except Exception as err:  # a damaged file (e.g. a disk that filled up): recompute it
+        logger.warning("reference log-probs: cache %s is unreadable (%s); recomputing", path, err)
+        return None
+    if not all(ex.index in store for ex in examples):
+        logger.warning("reference log-probs: cache %s lacks some examples; recomputing", path)
+        return None
+    return store
+
+
+def _compute(inner, engine, examples: List, batch_size: int, total: int, filler: Sequence = ()):
+    """Per-completion reference log-probs of ``examples`` in ``ceil(total / batch_size)`` forwards
+    (at least one); a process whose share ends early runs ``filler`` and discards the result, so
+    every process runs the same number of forwards."""
+    store: Dict[int, List[torch.Tensor]] = {}
+    for b in range(max(1, math.ceil(total / batch_size))):
+        chunk = examples[b * batch_size:(b + 1) * batch_size]
+        keep = bool(chunk)
+        chunk = chunk or list(filler)
+        if not chunk:
+            continue
+        batch = collate(chunk, "pairs" if all(len(ex.completions) == 2 for ex in chunk) else "unpaired")
+        with torch.no_grad():
+            lp = inner.token_logprobs(engine, batch)
+        if not keep:
+            continue
+        row = 0
+        for ex in chunk:
+            store[ex.index] = []
+            for _ in ex.completions:
+                store[ex.index].append(lp.token_logps[row][lp.mask[row]].detach().float().cpu())
+                row += 1
     return store

@@ -76,14 +76,15 @@ def check_reference_cache(model_dir, cache_dir):
     engine = LogProbEngine(Needs(), 0)
     reference = ModelReference(AutoModelForCausalLM.from_pretrained(model_dir))
     # 7 examples, batches of 3: 2 forwards per process, one of them on an empty share (rank 0)
-    built = d.build_reference_cache(reference, engine, examples, cache_dir, batch_size=3)
+    built = CachedReference.build(reference, engine, examples, cache_dir, 3)
     assert not built.hit and sorted(built.store) == [ex.index for ex in examples]
-    single = CachedReference.build(reference, engine, examples, os.path.join(cache_dir, f"single-{d.rank()}"), 2)
+    single = CachedReference.build(reference, engine, examples, os.path.join(cache_dir, f"single-{d.rank()}"), 2,
+                                   shard=False)
     for ex in examples:
         for a, b in zip(built.store[ex.index], single.store[ex.index]):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     d.barrier()
-    again = d.build_reference_cache(reference, engine, examples, cache_dir, batch_size=3)
+    again = CachedReference.build(reference, engine, examples, cache_dir, 3)
     assert again.hit and again.path == built.path
     assert [n for n in os.listdir(cache_dir) if n.startswith("reference-")] == [os.path.basename(built.path)]
 

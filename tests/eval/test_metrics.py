@@ -103,16 +103,16 @@ def test_win_rate_and_margin_distribution():
 
 
 def test_judges_load_and_score(tmp_path):
-    from dpokit.preference.callables import judge_name, load_judge, score_all
+    from dpokit.preference.judges import CallableJudge, build_judge, judge_label, load_function, score_responses
 
-    parity = load_judge("parity")
-    assert parity("number : 0 4 2 . even or odd ?", "it is even") == 1.0
-    assert parity("number : 0 4 2 . even or odd ?", "odd") == 0.0
+    parity = build_judge("parity")
+    assert isinstance(parity, CallableJudge) and judge_label(parity) == "parity"
+    assert score_responses(parity, ["number : 0 4 2 . even or odd ?"] * 2, ["it is even", "odd"]) == [1.0, 0.0]
     path = tmp_path / "my_judge.py"
     path.write_text("def words(prompt, response):\n    return len(response.split())\n")
-    words = load_judge(f"{path}:words")
-    assert score_all(words, ["p", "p"], ["a b", ""]) == [2.0, 0.0]
-    assert load_judge("os.path:join") is __import__("os").path.join
+    words = build_judge(f"{path}:words")
+    assert score_responses(words, ["p", "p"], ["a b", ""]) == [2.0, 0.0]
+    assert load_function("os.path:join") is __import__("os").path.join
 
     class Batched:
         calls = 0
@@ -122,10 +122,10 @@ def test_judges_load_and_score(tmp_path):
             return [len(r) for r in responses]
 
     judge = Batched()
-    assert load_judge(judge) is judge and judge_name(judge) == "Batched"
-    assert score_all(judge, ["p"] * 3, ["a", "bb", ""]) == [1.0, 2.0, 0.0] and Batched.calls == 1
+    assert build_judge(judge) is judge and judge_label(judge) == "Batched"
+    assert score_responses(judge, ["p"] * 3, ["a", "bb", ""]) == [1.0, 2.0, 0.0] and Batched.calls == 1
     for bad in ("no_such_judge", f"{path}:missing"):
         with pytest.raises(ValueError):
-            load_judge(bad)
+            build_judge(bad)
     with pytest.raises(FileNotFoundError):
-        load_judge("missing_file.py:f")
+        build_judge("missing_file.py:f")

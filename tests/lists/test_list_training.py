@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dpokit.config import ConfigError, from_dict
+from dpokit.preflight import checked_config
 from dpokit.data import collate, load_examples, tokenize_examples
 from dpokit.data.build import pairs_from_lists
 from dpokit.scoring.lm.engine import LogProbEngine
@@ -131,7 +132,7 @@ def test_list_config_errors(tiny_model_dir, lists_file, tmp_path, change, messag
     for section, values in change.items():
         raw[section] = {**raw.get(section, {}), **values}
     with pytest.raises(ConfigError, match=message):
-        from_dict(raw)
+        checked_config(raw)
 
 
 def test_curriculum_reference_is_the_previous_stage_policy(tiny_model_dir, tmp_path):

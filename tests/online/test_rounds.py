@@ -7,6 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from dpokit.config import ConfigError, from_dict
+from dpokit.preflight import checked_config
 from dpokit.online.loop import OnlineLoop, load_prompts, read_jsonl, select_pairs
 
 from .conftest import PROMPTS, length_judge, online_raw, same_weights
@@ -124,7 +125,7 @@ def test_xpo_pairs_policy_with_reference_samples_and_logs_the_exploration_term(p
     logged = [json.loads(line) for line in (rdir / "train" / "metrics.jsonl").read_text().splitlines()]
     assert any("xpo/ref_logps" in row for row in logged)
     with pytest.raises(ConfigError, match="xpo"):
-        from_dict({**online_raw(policy_dir, tmp_path / "x", "xpo", prompts=prompts_file), "loss": {"name": "simpo"}})
+        checked_config({**online_raw(policy_dir, tmp_path / "x", "xpo", prompts=prompts_file), "loss": {"name": "simpo"}})
 
 
 def test_dno_keeps_large_margin_pairs_with_teacher_and_replays(policy_dir, prompts_file, tmp_path):
@@ -166,9 +167,9 @@ def test_ofs_dpo_trains_two_lora_modules_with_fast_and_slow_rates(policy_dir, pr
     lrs = []
 
     class LrSpy(OnlineLoop):
-        def make_trainer(self, config, callbacks=()):
+        def make_trainer(self, config, callbacks=(), **options):
             grab = lambda trainer, step: lrs.append([g["lr"] for g in trainer.optimizer.param_groups])
-            return super().make_trainer(config, list(callbacks) + [grab])
+            return super().make_trainer(config, list(callbacks) + [grab], **options)
 
     loop = loop_for(policy_dir, tmp_path, "ofs_dpo", prompts_file, cls=LrSpy, rounds=1, samples_per_prompt=3,
                     options={"slow_ratio": 0.25, "chasing_interval": 1, "alpha": 0.2},
@@ -197,7 +198,7 @@ def test_fresh_pairs_every_step(policy_dir, prompts_file, tmp_path):
     assert (rdir / "samples-0000.jsonl").exists() and (rdir / "samples-0001.jsonl").exists()
     assert result["metrics"][0]["slices"] == 2 and result["metrics"][0]["steps"] == 2
     with pytest.raises(ConfigError, match="refresh_every"):
-        from_dict(online_raw(policy_dir, tmp_path / "x", "iterative_dpo", prompts="p.jsonl", refresh_every=1))
+        checked_config(online_raw(policy_dir, tmp_path / "x", "iterative_dpo", prompts="p.jsonl", refresh_every=1))
 
 
 def test_reference_sync_carries_over_rounds(policy_dir, prompts_file, tmp_path):
@@ -257,15 +258,15 @@ def test_resume_reuses_samples_and_scores_and_skips_finished_rounds(policy_dir, 
 def test_config_validation(policy_dir, tmp_path):
     raw = online_raw(policy_dir, tmp_path / "run", "no_such_strategy", prompts="p.jsonl")
     with pytest.raises(ConfigError, match="online.strategy"):
-        from_dict(raw)
+        checked_config(raw)
     with pytest.raises(ConfigError, match="online.options"):
-        from_dict(online_raw(policy_dir, tmp_path / "run", "apo", prompts="p.jsonl", options={"beta": 1}))
+        checked_config(online_raw(policy_dir, tmp_path / "run", "apo", prompts="p.jsonl", options={"beta": 1}))
     raw = online_raw(policy_dir, tmp_path / "run", "online_dpo", prompts="p.jsonl")
     raw["online"].pop("judge")
     with pytest.raises(ConfigError, match="online.judge"):
-        from_dict(raw)
+        checked_config(raw)
     with pytest.raises(ConfigError, match="samples_per_prompt"):
-        from_dict(online_raw(policy_dir, tmp_path / "run", "sppo", prompts="p.jsonl", samples_per_prompt=1))
+        checked_config(online_raw(policy_dir, tmp_path / "run", "sppo", prompts="p.jsonl", samples_per_prompt=1))
 
 
 def test_listwise_loss_trains_on_the_judged_lists(policy_dir, prompts_file, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from dpokit.config import ConfigError, from_dict
+from dpokit.preflight import checked_config
 from dpokit.losses import get_loss, list_losses
 
 from conftest import train_config
@@ -63,7 +64,7 @@ def base(**sections):
 ])
 def test_bad_configs_fail_at_validation(raw, message):
     with pytest.raises(ConfigError) as info:
-        from_dict(raw)
+        checked_config(raw)
     assert message in str(info.value)
 
 
@@ -109,13 +110,13 @@ def test_fp16_without_gpu_fails_before_the_model_loads(tmp_path, pairs_file, no_
     config = from_dict(train_config("some/model", pairs_file, tmp_path / "run", train={"mixed_precision": "fp16"}))
     with pytest.raises(ConfigError, match="train.mixed_precision: fp16 needs a GPU"):
         Trainer(config)
-    from dpokit.train.trainer import resolve_mixed_precision
+    from dpokit.distributed import resolve_mixed_precision
 
     assert resolve_mixed_precision("auto") == "no" and resolve_mixed_precision("bf16") == "bf16"
 
 
 def test_layout_the_model_cannot_take_fails_at_trainer_start(tmp_path, tiny_model_dir, pairs_file, monkeypatch):
-    from dpokit import layouts
+    from dpokit.scoring.lm import layouts
     from dpokit.train import Trainer
     from dpokit.train import trainer as trainer_module
 

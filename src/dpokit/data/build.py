@@ -23,7 +23,6 @@ in record order; MODPO's margin terms).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass, field, replace
@@ -32,7 +31,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .embed import Embedder, HashedNgramEmbedder, cosine_distance, text_of
-from .formats import DataError, PreferencePair, RankedList, UnpairedExample, split_pairs
+from ..errors import DataError
+from .formats import PreferencePair, RankedList, UnpairedExample, split_pairs
+from .prompts import text_key
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ def _check_builder(strategy: str, min_margin: float) -> None:
         raise ValueError(f"min_margin must be >= 0, got {min_margin}")
     if strategy == "margin" and min_margin <= 0:
         raise ValueError("the 'margin' pair builder needs min_margin > 0")
-
-
-def _key(text) -> str:
-    return text if isinstance(text, str) else json.dumps(text, sort_keys=True)
 
 
 def _make_pair(item: RankedList, i: int, j: int) -> PreferencePair:
@@ -70,7 +67,7 @@ def pairs_from_list(item: RankedList, strategy: str = "best_vs_worst", min_margi
 
     def usable(i: int, j: int) -> bool:
         gap = s[i] - s[j]
-        return gap > 0 and gap >= min_margin and _key(item.responses[i]) != _key(item.responses[j])
+        return gap > 0 and gap >= min_margin and text_key(item.responses[i]) != text_key(item.responses[j])
 
     if strategy == "best_vs_worst":
         best = [i for i in order if s[i] == s[order[0]]]
@@ -82,7 +79,7 @@ def pairs_from_list(item: RankedList, strategy: str = "best_vs_worst", min_margi
         candidates = [(i, j) for a, i in enumerate(order) for j in order[a + 1:] if usable(i, j)]
     seen, pairs = set(), []
     for i, j in candidates:
-        key = (_key(item.responses[i]), _key(item.responses[j]))
+        key = (text_key(item.responses[i]), text_key(item.responses[j]))
         if key not in seen:
             seen.add(key)
             pairs.append(_make_pair(item, i, j))

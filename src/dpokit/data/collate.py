@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from .formats import DataError
+from ..errors import DataError
 from .tokenize import TokenizedExample
 
 

@@ -27,32 +27,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from ..errors import DataError
+
 Text = Union[str, List[Dict[str, str]]]
 logger = logging.getLogger(__name__)
 
 # Markers that end a prompt at an assistant turn, most specific first.
 ASSISTANT_MARKERS = ("\n\nAssistant:", "\nAssistant:", "Assistant:", "<|assistant|>", "### Response:")
-
-
-class DataError(ValueError):
-    """A record that cannot be used, with where it is and which field is wrong.
-
-    ``content=True`` marks a well-formed record whose content is unusable (an empty completion,
-    chosen identical to rejected): those may be skipped (counted and logged) by policy, while
-    structural errors (bad JSON, missing fields, wrong types) always stop the run.
-    """
-
-    def __init__(self, location: str, field_name: Optional[str], problem: str, fix: str = "",
-                 content: bool = False):
-        self.location = location
-        self.field = field_name
-        self.problem = problem
-        self.content = content
-        where = f"{location}" + (f", field '{field_name}'" if field_name else "")
-        message = f"{where}: {problem}"
-        if fix:
-            message += f" ({fix})"
-        super().__init__(message)
 
 
 @dataclass

@@ -22,7 +22,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .formats import DataError, PreferencePair, RankedList, UnpairedExample
+from ..errors import DataError
+from .formats import PreferencePair, RankedList, UnpairedExample
 
 logger = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ def register(subparsers) -> None:
 
 
 def cmd_eval(args) -> int:
-    from ..config import build_loss
+    from ..losses import build_loss
     from ..data import load_examples, tokenize_examples
     from ..models import load_causal_lm
     from ..config import ModelConfig

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from ..io import read_jsonl
 from ..paths import UnsafePathError, safe_join
 
 STEP = re.compile(r"step-0*(\d+)")
@@ -36,21 +37,6 @@ def read_config(run_dir: str) -> Dict[str, Any]:
         return {}
     with open(path) as handle:
         return yaml.safe_load(handle) or {}
-
-
-def read_jsonl(path: str) -> List[Dict[str, Any]]:
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path) as handle:
-        for line in handle:
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut by an interrupted write
-    return rows
 
 
 def read_json(path: str) -> Optional[Dict[str, Any]]:

@@ -22,8 +22,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..data.prompts import load_prompts  # noqa: F401  (prompt files of `dpokit eval --prompts`)
+from ..reference import ModelReference
 from .diagnostics import as_model, completion_statistics, has_reference_model, layer_trace, sample_from_ids
-from ..preference.callables import judge_name, load_judge, score_all
+from ..preference.judges import build_judge, judge_label, score_responses
 from .metrics import distinct_n, margin_distribution, mean_and_stderr, probe_accuracy, win_rate
 from .preference import evaluate_pairs
 
@@ -142,22 +144,8 @@ def prompts_from_texts(texts: Sequence, tokenizer) -> List[Tuple[List[int], str]
     return out
 
 
-def load_prompts(path: str) -> List[Any]:
-    """``.jsonl``/``.json`` with a ``prompt`` field (string or chat messages), or plain text, one per line."""
-    if path.endswith((".jsonl", ".json")):
-        with open(path) as handle:
-            text = handle.read()
-        if path.endswith(".json") and text.lstrip().startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        return [row["prompt"] if isinstance(row, dict) else row for row in rows]
-    with open(path) as handle:
-        return [line.rstrip("\n") for line in handle if line.strip()]
-
-
 def _group_scores(judge, texts: Sequence[str], groups) -> List[List[float]]:
-    flat = score_all(judge, [t for t, group in zip(texts, groups) for _ in group],
+    flat = score_responses(judge, [t for t, group in zip(texts, groups) for _ in group],
                      [s.text for group in groups for s in group])
     out, start = [], 0
     for group in groups:
@@ -226,20 +214,18 @@ def evaluate_checkpoint(policy, reference, tokenizer, pairs: Sequence = (), prom
 
     ``pairs``: tokenized held-out pairs (``TokenizedExample``); ``prompts``: ``(ids, text)`` tuples for
     generation (default: the distinct prompts of ``pairs``); ``judge``: a callable or a spec for
-    :func:`~dpokit.preference.callables.load_judge`. Returns ``(result, sample_rows)``."""
+    :func:`~dpokit.preference.judges.build_judge`. Returns ``(result, sample_rows)``."""
     started = time.time()
     pad = tokenizer.pad_token_id
     result: Dict[str, Any] = {key: None for key in EVAL_KEYS}
     notes: List[str] = []
     if judge is not None:
-        result["judge"] = judge_name(judge)
-        judge = load_judge(judge)
+        judge = build_judge(judge)
+        result["judge"] = judge_label(judge)
     if reference is not None and not isinstance(reference, torch.nn.Module) and not hasattr(reference, "token_logprobs"):
         raise TypeError("reference: expected a model or a dpokit reference object")
     ref_object = reference
     if isinstance(reference, torch.nn.Module):
-        from ..reference import ModelReference
-
         ref_object = ModelReference(reference)
     policy.eval()
     pairs = list(pairs)

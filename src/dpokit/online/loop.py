@@ -29,7 +29,6 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -40,79 +39,27 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from ..config import Config, ConfigError, OnlineConfig, build_loss
-from ..sampling import SamplingConfig, make_sampler
-from ..preference.judges import JUDGES, PairwiseJudge, PointwiseJudge, build_judge, judge_group, pair_probability
+from ..config import Config, OnlineConfig
+from ..distributed import barrier, is_main_process
+from ..errors import ConfigError
+from ..losses import build_loss
+from ..models import load_causal_lm, load_policy
+from ..preflight import check_run
+from ..preference.judges import PairwiseJudge, PointwiseJudge, build_judge, judge_group, pair_probability
 from ..reference import AdapterDisabledReference, ModelReference
+from ..sampling import SamplingConfig, make_sampler
+from ..train import Trainer
 from ..train import checkpoint as ckpt
-from .rounds import SOURCES, Group, append_jsonl, load_prompts, read_jsonl, select_pairs, write_jsonl
-from .strategies import STRATEGIES, RoundStrategy, check_options, register_strategy
+from .refresh import RefreshingRound
+from ..data.prompts import load_prompts
+from ..io import append_jsonl, read_jsonl, write_jsonl
+from .rounds import SOURCES, JudgedPrompt, last_train_metrics, select_pairs
+from .strategies import STRATEGIES, RoundStrategy, register_strategy
 
 logger = logging.getLogger("dpokit")
 
-__all__ = ["OnlineLoop", "run_online", "validate_online", "STRATEGIES", "RoundStrategy", "register_strategy",
-           "Group", "select_pairs", "load_prompts", "read_jsonl"]
-
-
-# ------------------------------------------------------------------------------------------------
-# Validation (called from dpokit.config.validate when online.strategy is set)
-# ------------------------------------------------------------------------------------------------
-SAMPLERS = ("hf", "vllm")
-PAIR_MODES = ("best_vs_worst", "best_vs_each", "all_pairs")
-
-
-def validate_online(config: Config) -> None:
-    o = config.online
-    cls = STRATEGIES.get(o.strategy)
-    if cls is None:
-        raise ConfigError(f"online.strategy: {o.strategy!r} is not one of {', '.join(sorted(STRATEGIES))}")
-    for path, value, low in (("online.rounds", o.rounds, 1), ("online.generation_batch_size", o.generation_batch_size, 1),
-                             ("online.max_new_tokens", o.max_new_tokens, 1),
-                             ("online.eval_samples_per_prompt", o.eval_samples_per_prompt, 1),
-                             ("online.samples_per_prompt", o.samples_per_prompt, cls.min_samples),
-                             ("online.refresh_every", o.refresh_every, 0)):
-        if value < low:
-            raise ConfigError(f"{path}: must be >= {low} for strategy {o.strategy!r}, got {value}")
-    if o.prompts_per_round is not None and o.prompts_per_round < 1:
-        raise ConfigError(f"online.prompts_per_round: must be >= 1, got {o.prompts_per_round}")
-    if o.sampler not in SAMPLERS:
-        raise ConfigError(f"online.sampler: {o.sampler!r} is not one of {', '.join(SAMPLERS)}")
-    if o.pairs not in PAIR_MODES:
-        raise ConfigError(f"online.pairs: {o.pairs!r} is not one of {', '.join(PAIR_MODES)}")
-    if o.temperature < 0 or not 0.0 < o.top_p <= 1.0:
-        raise ConfigError("online.temperature must be >= 0 and online.top_p in (0, 1]")
-    if o.min_margin < 0:
-        raise ConfigError(f"online.min_margin: must be >= 0, got {o.min_margin}")
-    check_options(cls, o.options)
-    if cls.needs_judge:
-        spec = o.judge
-        if spec is None:
-            raise ConfigError(f"online.judge: strategy {o.strategy!r} needs a judge, e.g. "
-                              "{kind: callable, function: 'module:function'} or {kind: reward_model, path: ...}")
-        if isinstance(spec, dict) and spec.get("kind") not in JUDGES:
-            raise ConfigError(f"online.judge.kind: {spec.get('kind')!r} is not one of {', '.join(sorted(JUDGES))}")
-        if not isinstance(spec, (dict, str)):
-            raise ConfigError("online.judge: expected a mapping with 'kind' (or 'module:function')")
-    if cls.offline_pairs and not config.data.train:
-        raise ConfigError(f"online.strategy {o.strategy!r} trains on the offline pairs of data.train; set data.train")
-    if o.refresh_every and cls.reference != "initial":
-        raise ConfigError(f"online.refresh_every: refreshing pairs within a round needs a frozen reference; "
-                          f"strategy {o.strategy!r} uses the previous iterate (use more rounds instead)")
-    if o.refresh_every and not cls.refreshable:
-        raise ConfigError(f"online.refresh_every is not available with strategy {o.strategy!r}")
-    if config.reference.precompute:
-        raise ConfigError("reference.precompute: online rounds score new samples each round, so reference "
-                          "log-probs cannot be cached; remove it")
-    section = cls.loss_section(config.loss, o.options)
-    try:
-        loss = build_loss(section)
-    except (KeyError, ValueError, TypeError) as err:
-        raise ConfigError(f"loss (strategy {o.strategy!r}): {err.args[0] if err.args else err}") from None
-    if loss.needs.data == "lists" and (not cls.lists_ok or o.refresh_every):
-        raise ConfigError(f"loss {loss.name!r} trains on ranked lists, which strategy {o.strategy!r} does not build"
-                          + (" with online.refresh_every" if cls.lists_ok else ""))
-    if loss.needs.data not in ("pairs", "lists"):
-        raise ConfigError(f"online rounds build pairs or ranked lists; loss {loss.name!r} trains on {loss.needs.data}")
+__all__ = ["OnlineLoop", "run_online", "STRATEGIES", "RoundStrategy", "register_strategy",
+           "JudgedPrompt", "select_pairs", "load_prompts", "read_jsonl"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,7 +77,7 @@ class OnlineLoop:
     def __init__(self, config: Config, model=None, tokenizer=None, judge=None, prompts: Optional[Sequence] = None,
                  eval_prompts: Optional[Sequence] = None, eval_hook: Optional[Callable] = None,
                  log: Callable[[str], None] = logger.info):
-        validate_online(config)
+        check_run(config)  # the online section included
         self.config = config
         self.online: OnlineConfig = config.online
         self.log = log
@@ -144,8 +91,6 @@ class OnlineLoop:
         if cls.needs_judge and judge is None:
             raise ConfigError(f"online.judge: strategy {cls.name!r} needs a judge")
         if model is None:
-            from ..models import load_policy
-
             model, tokenizer = load_policy(config)
         if tokenizer is None:
             raise ValueError("OnlineLoop: pass the tokenizer with the model")
@@ -185,14 +130,10 @@ class OnlineLoop:
             if self._adapters_off():
                 self._frozen = AdapterDisabledReference(self.policy)
             elif r.path:
-                from ..models import load_causal_lm
-
                 self._frozen = ModelReference(load_causal_lm(r.path, self.config.model).to(_device(self.policy)))
             elif self._initial_copy is not None:
                 self._frozen = ModelReference(self._initial_copy)
             else:
-                from ..models import load_causal_lm
-
                 self._frozen = ModelReference(load_causal_lm(self.config.model.name_or_path, self.config.model)
                                               .to(_device(self.policy)))
         return self._frozen
@@ -218,7 +159,7 @@ class OnlineLoop:
         if started and not resume:
             raise ConfigError(f"{self.run_dir} already holds online rounds; pass --resume to continue "
                               "or choose another train.output_dir")
-        if not resume and _is_main():
+        if not resume and is_main_process():
             self._write_config()
         uses_initial = (self.strategy.reference == "initial" or "reference" in self.strategy.sources)
         if uses_initial and not self.config.reference.path and not self._adapters_off() \
@@ -273,14 +214,14 @@ class OnlineLoop:
             train_rows, info = self.strategy.rows(groups, r)
             if self.loss_needs.data == "lists":
                 train_rows = self.strategy.list_rows(groups)
-            if _is_main():
+            if is_main_process():
                 write_jsonl(os.path.join(rdir, "pairs.jsonl"), info)
                 write_jsonl(os.path.join(rdir, "train.jsonl"), train_rows)
                 if self.strategy.needs_judge:
                     write_jsonl(os.path.join(rdir, "lists.jsonl"), [
                         {"prompt": g.prompt, "responses": [t for _, t in g.flat()], "scores": g.scores,
                          "sources": [s for s, _ in g.flat()]} for g in groups])
-            _barrier()
+            barrier()
             status, train_metrics = self.train(r, train_rows, groups)
             if status != "completed":
                 return status
@@ -290,9 +231,8 @@ class OnlineLoop:
                    "judge_calls": self.judge_calls - calls_before}
         metrics.update(self.evaluate(r))
         metrics["seconds"] = round(time.time() - started, 2)
-        if hasattr(self.strategy, "round_metrics"):
-            metrics.update(self.strategy.round_metrics())
-        if _is_main():
+        metrics.update(self.strategy.round_metrics())
+        if is_main_process():
             save_file(ckpt.trainable_state(self.policy), os.path.join(rdir, "policy.safetensors"))
             self._save_reference(r)
             with open(os.path.join(rdir, "metrics.json"), "w") as handle:
@@ -301,7 +241,7 @@ class OnlineLoop:
             with open(os.path.join(rdir, "DONE"), "w") as handle:
                 handle.write("done\n")
             shutil.rmtree(os.path.join(rdir, "train", "checkpoints"), ignore_errors=True)
-        _barrier()
+        barrier()
         self.strategy.end_round(r)
         shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
         self.log(f"online round {r + 1} done: " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
@@ -338,10 +278,10 @@ class OnlineLoop:
         return gather_objects(texts_local), gather_objects(counts_local)
 
     def generate(self, r: int, prompts: Sequence[Any], rdir: str, path_name: str = "samples.jsonl",
-                 seed_offset: int = 0) -> List[Group]:
+                 seed_offset: int = 0) -> List[JudgedPrompt]:
         path = os.path.join(rdir, path_name)
         done = {(row["index"], row["source"]): row for row in read_jsonl(path)}
-        groups = [Group(i, p) for i, p in enumerate(prompts)]
+        groups = [JudgedPrompt(i, p) for i, p in enumerate(prompts)]
         size = self.online.generation_batch_size
         for s_index, source in enumerate(self.strategy.sources):
             n = self.strategy.samples_per_prompt(source)
@@ -355,7 +295,7 @@ class OnlineLoop:
                                                 self._sampler_path(r))
                 rows = [{"index": i, "source": source, "prompt": prompts[i], "responses": t, "num_tokens": c}
                         for i, t, c in zip(missing, texts, counts)]
-                if _is_main():
+                if is_main_process():
                     append_jsonl(path, rows)
                 done.update({(row["index"], source): row for row in rows})
         for (i, source), row in done.items():
@@ -369,13 +309,13 @@ class OnlineLoop:
         if self.online.sampler == "hf":
             return None
         path = os.path.join(self.round_dir(r), "sampler-model")
-        if _is_main() and not os.path.exists(os.path.join(path, "config.json")):
+        if is_main_process() and not os.path.exists(os.path.join(path, "config.json")):
             self.save_model(self.policy, path)
-        _barrier()
+        barrier()
         return path
 
     # -- judge ----------------------------------------------------------------------------------
-    def score(self, groups: Sequence[Group], path: str) -> None:
+    def score(self, groups: Sequence[JudgedPrompt], path: str) -> None:
         """Judge every group not already in ``path`` (appending as each chunk is judged)."""
         from ..distributed import gather_objects, shard_for_rank
 
@@ -403,7 +343,7 @@ class OnlineLoop:
                     self.judge_calls += len(texts) * (len(texts) - 1) // 2
                     local.append({"index": g.index, "scores": scores, "win": win})
             rows = gather_objects(local)
-            if _is_main():
+            if is_main_process():
                 append_jsonl(path, rows)
             done.update({row["index"]: row for row in rows})
         for g in groups:
@@ -424,27 +364,27 @@ class OnlineLoop:
             online=OnlineConfig(),
         )
 
-    def make_trainer(self, config: Config, callbacks: Sequence[Callable] = ()):
-        from ..train.trainer import Trainer
-
+    def make_trainer(self, config: Config, callbacks: Sequence[Callable] = (), **options):
+        """The round's Trainer; ``options``: the strategy's constructor arguments (scorer_wrapper, param_groups)."""
         return Trainer(config, model=self.policy, tokenizer=self.tokenizer,
-                       callbacks=list(self.strategy.callbacks()) + list(callbacks), reference=self.round_reference())
+                       callbacks=list(self.strategy.callbacks()) + list(callbacks), reference=self.round_reference(),
+                       **options)
 
-    def train(self, r: int, rows: List[dict], groups: Sequence[Group]) -> Tuple[str, Dict[str, Any]]:
+    def train(self, r: int, rows: List[dict], groups: Sequence[JudgedPrompt]) -> Tuple[str, Dict[str, Any]]:
         if not rows:
             self.log(f"online round {r + 1}: no usable pairs (every prompt's samples tie); the policy is unchanged")
             return "completed", {"trained": False}
         rdir = self.round_dir(r)
         config = self.round_config(r, os.path.join(rdir, "train.jsonl"), os.path.join(rdir, "train"))
-        trainer = self.make_trainer(config)
-        self.strategy.prepare_trainer(trainer, rows, groups)
+        trainer = self.make_trainer(config, **self.strategy.trainer_options(rows, groups))
+        self.strategy.prepare_trainer(trainer)
         resume = ckpt.latest_valid_checkpoint(trainer.checkpoint_dir) is not None
         result = trainer.fit(resume=resume)
         self.policy = trainer.accelerator.unwrap_model(trainer.model)
         if result["status"] != "completed":
             return result["status"], {}
         self.strategy.after_train(trainer)
-        return "completed", _last_train_metrics(os.path.join(rdir, "train", "metrics.jsonl"), result)
+        return "completed", last_train_metrics(os.path.join(rdir, "train", "metrics.jsonl"), result)
 
     # -- evaluate -------------------------------------------------------------------------------
     def evaluate(self, r: int) -> Dict[str, Any]:
@@ -453,12 +393,12 @@ class OnlineLoop:
             n = self.online.eval_samples_per_prompt
             with self.strategy.sampler_model("policy") as model:
                 texts, _ = self.sample(model, self.eval_prompts, n, self.config.train.seed + 424242)
-            groups = [Group(i, p, {"policy": t}) for i, (p, t) in enumerate(zip(self.eval_prompts, texts))]
+            groups = [JudgedPrompt(i, p, {"policy": t}) for i, (p, t) in enumerate(zip(self.eval_prompts, texts))]
             calls = self.judge_calls
             scored = os.path.join(self.round_dir(r), "eval_scores.jsonl")
-            if os.path.exists(scored) and _is_main():
+            if os.path.exists(scored) and is_main_process():
                 os.remove(scored)
-            _barrier()
+            barrier()
             self.score(groups, scored)
             self.judge_calls = calls  # evaluation does not count as training data judged
             values = [s for g in groups for s in g.scores]
@@ -470,7 +410,7 @@ class OnlineLoop:
         return out
 
     @staticmethod
-    def _sample_stats(groups: Sequence[Group], rows: Sequence[dict]) -> Dict[str, Any]:
+    def _sample_stats(groups: Sequence[JudgedPrompt], rows: Sequence[dict]) -> Dict[str, Any]:
         """Counts, and the mean judge score of each source's samples (the policy's is its on-policy reward)."""
         stats: Dict[str, Any] = {"prompts": len(groups), "pairs": len(rows)}
         by_source: Dict[str, List[float]] = {}
@@ -489,10 +429,8 @@ class OnlineLoop:
 
     # -- saving and restoring -------------------------------------------------------------------
     def _write_config(self) -> None:
-        from ..train.trainer import _serializable
-
         with open(os.path.join(self.run_dir, "config.yaml"), "w") as handle:
-            yaml.safe_dump(_serializable(self.config.to_dict()), handle, sort_keys=False)
+            yaml.safe_dump(self.config.to_yaml_dict(), handle, sort_keys=False)
 
     def _load_policy_state(self, path: Optional[str]) -> None:
         if path is None:
@@ -529,131 +467,15 @@ class OnlineLoop:
 
     def save_final(self, model) -> str:
         path = os.path.join(self.run_dir, "final")
-        if _is_main():
+        if is_main_process():
             self.save_model(model, path)
-        _barrier()
+        barrier()
         return path
 
 
-class RefreshingRound:
-    """A round whose pairs are renewed every ``online.refresh_every`` optimizer steps (Online DPO's
-    per-step mode): one Trainer for the round, whose training set is a buffer of
-    ``refresh_every * batch_size * grad_accum`` pairs; each epoch of the Trainer is one buffer, and a
-    callback refills the buffer from the current policy at each epoch boundary. The round's prompts
-    are consumed slice by slice; each slice's samples and scores are persisted like a round's."""
-
-    def __init__(self, loop: OnlineLoop, r: int, prompts: Sequence[Any]):
-        t = loop.config.train
-        self.loop, self.r, self.prompts = loop, r, list(prompts)
-        self.size = loop.online.refresh_every * t.batch_size * t.grad_accum
-        self.slices = max(1, math.ceil(len(self.prompts) / self.size))
-        self.rdir = loop.round_dir(r)
-        self.stats = {"prompts": 0, "pairs": 0, "slices": self.slices}
-
-    def _slice_rows(self, k: int) -> List[dict]:
-        loop = self.loop
-        prompts = [self.prompts[(k * self.size + i) % len(self.prompts)] for i in range(self.size)]
-        groups = loop.generate(self.r, prompts, self.rdir, f"samples-{k:04d}.jsonl", seed_offset=31 * k)
-        loop.score(groups, os.path.join(self.rdir, f"scores-{k:04d}.jsonl"))
-        rows, info = loop.strategy.rows(groups, self.r)
-        if _is_main():
-            write_jsonl(os.path.join(self.rdir, f"pairs-{k:04d}.jsonl"), info)
-        self.stats["prompts"] += len(groups)
-        self.stats["pairs"] += len(rows)
-        if rows and len(rows) < self.size:  # top up by repeating this slice's pairs
-            rng = random.Random(loop.config.train.seed + k)
-            rows = rows + [rng.choice(rows) for _ in range(self.size - len(rows))]
-        return rows[:self.size]
-
-    def _tokenized(self, trainer, rows: List[dict]):
-        from ..data.formats import PreferencePair
-
-        pairs = [PreferencePair(row["prompt"], row["chosen"], row["rejected"],
-                                {k: float(v) for k, v in row.items() if k not in ("prompt", "chosen", "rejected")},
-                                f"refresh pair {i}") for i, row in enumerate(rows)]
-        examples, _ = trainer._tokenize(pairs)
-        for position, example in enumerate(examples):
-            example.index = position
-        return examples
-
-    def run(self) -> Tuple[str, Dict[str, Any]]:
-        loop = self.loop
-        first = self._first_rows()
-        if not first:
-            return "completed", {**self.stats, "trained": False}
-        data_path = os.path.join(self.rdir, "train-0000.jsonl")
-        if _is_main():
-            write_jsonl(data_path, first)
-        _barrier()
-        config = loop.round_config(self.r, data_path, os.path.join(self.rdir, "train"),
-                                   epochs=self.slices, max_steps=None)
-        state = {"slice": 0}
-
-        def refresh(trainer, step):
-            if step % loop.online.refresh_every or step >= trainer.total_steps:
-                return
-            k = step // loop.online.refresh_every
-            if k >= self.slices or k == state["slice"]:
-                return
-            rows = self._slice_rows(k)
-            if rows:
-                examples = self._tokenized(trainer, rows)
-                if len(examples) == len(trainer.train_examples):
-                    trainer.train_examples[:] = examples
-            state["slice"] = k
-
-        trainer = loop.make_trainer(config, [refresh])
-        if len(trainer.train_examples) != self.size:
-            raise ValueError(f"online.refresh_every: {len(trainer.train_examples)} of {self.size} pairs survived "
-                             "tokenization; raise data.max_length")
-        checkpoint = ckpt.latest_valid_checkpoint(trainer.checkpoint_dir)
-        if checkpoint is not None:  # resume: put the buffer of the epoch the trainer continues with
-            with open(os.path.join(checkpoint, "trainer_state.json")) as handle:
-                saved = json.load(handle)
-            k = saved["step"] // loop.online.refresh_every
-            if k and k < self.slices:
-                trainer.train_examples[:] = self._tokenized(trainer, self._slice_rows(k))
-                state["slice"] = k
-        result = trainer.fit(resume=checkpoint is not None)
-        loop.policy = trainer.accelerator.unwrap_model(trainer.model)
-        if result["status"] != "completed":
-            return result["status"], {}
-        return "completed", {**self.stats, **_last_train_metrics(os.path.join(self.rdir, "train", "metrics.jsonl"),
-                                                                 result)}
-
-    def _first_rows(self) -> List[dict]:
-        return self._slice_rows(0)
-
-
 # ------------------------------------------------------------------------------------------------
-def _last_train_metrics(path: str, result: Dict[str, Any]) -> Dict[str, Any]:
-    from ..train.logging import read_metrics
-
-    out: Dict[str, Any] = {"trained": True, "steps": result.get("step")}
-    if os.path.exists(path):
-        rows = [row for row in read_metrics(path) if "loss" in row]
-        if rows:
-            last = rows[-1]
-            for key in ("loss", "rewards/accuracies", "rewards/margins"):
-                if key in last:
-                    out[f"train/{key}"] = last[key]
-    return out
-
-
 def _device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-def _is_main() -> bool:
-    from ..distributed import is_main_process
-
-    return is_main_process()
-
-
-def _barrier() -> None:
-    from ..distributed import barrier
-
-    barrier()
 
 
 def run_online(config: Config, resume: bool = False, **kwargs) -> Dict[str, Any]:

@@ -14,17 +14,36 @@ import copy
 import json
 import os
 import random
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 from safetensors.torch import load_file
 
-from ..config import ConfigError
-from ..train import checkpoint as ckpt
-from .rounds import SOURCES, Group, _empty, _key, read_jsonl, select_pairs
+from ..data import UnpairedExample, load_examples, tokenize_examples
+from ..data.formats import iter_records
+from ..data.prompts import is_empty, text_key
+from ..errors import ConfigError
+from ..losses import resolve_name
+from ..models import trainable_state
+from .engines import SideRowsEngine, TwoModuleEngine, active_adapter
+from ..io import read_jsonl
+from .rounds import SOURCES, JudgedPrompt, select_pairs
 
-if TYPE_CHECKING:
-    from .loop import OnlineLoop
+class RoundContext(Protocol):
+    """What a strategy may use of the loop that runs it (:class:`dpokit.online.loop.OnlineLoop`)."""
+
+    config: Any  # the run's Config
+    online: Any  # its online section
+    policy: torch.nn.Module  # the current policy (strategies may replace it between rounds)
+    tokenizer: Any
+
+    def round_dir(self, r: int) -> str: ...
+
+    def policy_file(self, r: int) -> Optional[str]: ...
+
+    def frozen_reference(self) -> Any: ...
+
+    def default_round_prompts(self, r: int) -> List[Any]: ...
 
 
 # ------------------------------------------------------------------------------------------------
@@ -69,7 +88,7 @@ class RoundStrategy:
     OPTIONS: ClassVar[Dict[str, Any]] = {}
     BASE_OPTIONS: ClassVar[Dict[str, Any]] = {"missing_eos_penalty": 0.0}
 
-    def __init__(self, loop: "OnlineLoop", options: Dict[str, Any]):
+    def __init__(self, loop: RoundContext, options: Dict[str, Any]):
         self.loop = loop
         self.opts = {**self.BASE_OPTIONS, **self.OPTIONS, **check_options(type(self), options)}
 
@@ -96,7 +115,7 @@ class RoundStrategy:
     def samples_per_prompt(self, source: str) -> int:
         return self.loop.online.samples_per_prompt
 
-    def extend_groups(self, groups: Sequence[Group]) -> None:
+    def extend_groups(self, groups: Sequence[JudgedPrompt]) -> None:
         """Add responses that are not sampled (e.g. a teacher's) before judging."""
 
     @contextlib.contextmanager
@@ -107,7 +126,7 @@ class RoundStrategy:
         else:
             yield self.loop.policy
 
-    def effective_scores(self, group: Group) -> List[float]:
+    def effective_scores(self, group: JudgedPrompt) -> List[float]:
         """Judge scores, minus ``missing_eos_penalty`` for responses cut at ``max_new_tokens``."""
         penalty = self.opts["missing_eos_penalty"]
         if not penalty:
@@ -116,7 +135,7 @@ class RoundStrategy:
         lengths = [n for source in SOURCES for n in group.num_tokens.get(source, [])]
         return [s - penalty if n >= limit else s for s, n in zip(group.scores, lengths)]
 
-    def rows(self, groups: Sequence[Group], r: int) -> Tuple[List[dict], List[dict]]:
+    def rows(self, groups: Sequence[JudgedPrompt], r: int) -> Tuple[List[dict], List[dict]]:
         """``(training rows, pair records with provenance)``: by default pairs of the policy's
         own samples (plus any other source) built with ``online.pairs`` and ``online.min_margin``."""
         train, info = [], []
@@ -129,15 +148,15 @@ class RoundStrategy:
                 info.append(_info(group, r, i, j, scores))
         return train, info
 
-    def list_rows(self, groups: Sequence[Group]) -> List[dict]:
+    def list_rows(self, groups: Sequence[JudgedPrompt]) -> List[dict]:
         """Ranked lists (``prompt``, ``responses``, ``scores``) for a listwise loss: each prompt's distinct,
         non-empty responses; lists whose responses all tie are left out."""
         rows = []
         for group in groups:
             keep, seen = [], set()
             for (_, text), score in zip(group.flat(), self.effective_scores(group)):
-                if not _empty(text) and _key(text) not in seen:
-                    seen.add(_key(text))
+                if not is_empty(text) and text_key(text) not in seen:
+                    seen.add(text_key(text))
                     keep.append((text, score))
             if len(keep) >= 2 and len({score for _, score in keep}) > 1:
                 rows.append({"prompt": group.prompt, "responses": [t for t, _ in keep],
@@ -147,8 +166,16 @@ class RoundStrategy:
     def callbacks(self) -> List[Callable]:
         return []
 
-    def prepare_trainer(self, trainer, train_rows: List[dict], groups: Sequence[Group]) -> None:
-        """After the round's Trainer is built, before it trains."""
+    def trainer_options(self, train_rows: List[dict], groups: Sequence[JudgedPrompt]) -> Dict[str, Any]:
+        """Constructor arguments of the round's Trainer (``scorer_wrapper``, ``param_groups``)."""
+        return {}
+
+    def prepare_trainer(self, trainer) -> None:
+        """After the round's Trainer is built, before it trains (through its public methods only)."""
+
+    def round_metrics(self) -> Dict[str, Any]:
+        """Extra values for the round's line in ``rounds.jsonl``."""
+        return {}
 
     def after_train(self, trainer) -> None:
         pass
@@ -169,7 +196,7 @@ def check_options(cls, options: Dict[str, Any]) -> Dict[str, Any]:
     return dict(options or {})
 
 
-def _info(group: Group, r: int, i: int, j: int, scores: Sequence[float], **extra) -> dict:
+def _info(group: JudgedPrompt, r: int, i: int, j: int, scores: Sequence[float], **extra) -> dict:
     flat = group.flat()
     return {"round": r, "prompt_index": group.index, "prompt": group.prompt, "chosen": flat[i][1],
             "rejected": flat[j][1], "chosen_source": flat[i][0], "rejected_source": flat[j][0],
@@ -218,13 +245,11 @@ class DNO(RoundStrategy):
         super().__init__(loop, options)
         self.teacher: Dict[str, str] = {}
         if self.opts["teacher"]:
-            from ..data.formats import iter_records
-
             for _, record in iter_records(self.opts["teacher"]):
                 response = record.get("response", record.get("chosen"))
                 if "prompt" not in record or response is None:
                     raise ConfigError("online.options.teacher: records need 'prompt' and 'response'")
-                self.teacher[_key(record["prompt"])] = response
+                self.teacher[text_key(record["prompt"])] = response
 
     def _margin(self, positive_source: str) -> float:
         base = self.opts["min_margin"] if self.opts["min_margin"] is not None else self.loop.online.min_margin
@@ -235,7 +260,7 @@ class DNO(RoundStrategy):
     def rows(self, groups, r):
         train, info = [], []
         for group in groups:
-            answer = self.teacher.get(_key(group.prompt))
+            answer = self.teacher.get(text_key(group.prompt))
             flat = group.flat()
             scores = self.effective_scores(group)
             seen = set()
@@ -265,9 +290,9 @@ class DNO(RoundStrategy):
                     info.append({**row, "replayed_in": r})
         return train, info
 
-    def extend_groups(self, groups: Sequence[Group]) -> None:
+    def extend_groups(self, groups: Sequence[JudgedPrompt]) -> None:
         for group in groups:
-            answer = self.teacher.get(_key(group.prompt))
+            answer = self.teacher.get(text_key(group.prompt))
             if answer is not None:
                 group.responses["teacher"] = [answer]
                 group.num_tokens["teacher"] = [0]
@@ -289,8 +314,6 @@ class SPPO(RoundStrategy):
 
     @classmethod
     def loss_section(cls, base, options):
-        from ..losses import resolve_name
-
         if resolve_name(base.get("name", "dpo")) in ("sppo", "sppo_hard"):
             return dict(base)
         section = {"name": "sppo"}
@@ -328,7 +351,7 @@ class APO(RoundStrategy):
         self.latest: Optional[Dict[str, torch.Tensor]] = None
 
     def _snapshot(self) -> Dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in ckpt.trainable_state(self.loop.policy).items()}
+        return {k: v.clone() for k, v in trainable_state(self.loop.policy).items()}
 
     def restore(self, last_done):
         prev_path = self.loop.policy_file(last_done - 1) if last_done > 0 else None
@@ -374,8 +397,6 @@ class XPO(RoundStrategy):
 
     @classmethod
     def loss_section(cls, base, options):
-        from ..losses import resolve_name
-
         name = resolve_name(base.get("name", "dpo"))
         if name == "xpo":
             return dict(base)
@@ -394,7 +415,7 @@ class XPO(RoundStrategy):
             flat = group.flat()
             scores = self.effective_scores(group)
             for i, j in zip(group.positions("policy"), group.positions("reference")):
-                if flat[i][1] == flat[j][1] or _empty(flat[i][1]) or _empty(flat[j][1]) \
+                if flat[i][1] == flat[j][1] or is_empty(flat[i][1]) or is_empty(flat[j][1]) \
                         or (scores[i] == scores[j] and not self.opts["keep_ties"]):
                     continue
                 chosen, rejected = (i, j) if scores[i] >= scores[j] else (j, i)
@@ -430,8 +451,6 @@ class HyPO(RoundStrategy):
         return section
 
     def setup(self):
-        from ..data import load_examples
-
         d = self.loop.config.data
         self.pairs = load_examples(d.train, "pairs", d.split, d.limit, d.on_bad_content)
 
@@ -447,7 +466,7 @@ class HyPO(RoundStrategy):
         prompts, self.side_of = [], []
         index: Dict[str, int] = {}
         for pair in self.round_pairs:
-            key = _key(pair.prompt)
+            key = text_key(pair.prompt)
             if key not in index:
                 index[key] = len(prompts)
                 prompts.append(pair.prompt)
@@ -462,9 +481,7 @@ class HyPO(RoundStrategy):
                 for p, side in zip(self.round_pairs, self.side_of)]
         return train, info
 
-    def prepare_trainer(self, trainer, train_rows, groups):
-        from ..data import UnpairedExample, tokenize_examples
-
+    def trainer_options(self, train_rows, groups):
         d = self.loop.config.data
         side: Dict[int, tuple] = {}
         for group in groups:
@@ -476,7 +493,7 @@ class HyPO(RoundStrategy):
                                              d.truncation_mode, d.append_eos, "skip")
             if tokenized:
                 side[group.index] = (tokenized[0].prompt_ids, [ex.completions[0] for ex in tokenized])
-        trainer.engine = SideRowsEngine(trainer.engine, side)
+        return {"scorer_wrapper": lambda scorer: SideRowsEngine(scorer, side)}
 
 
 @register_strategy("ofs_dpo")
@@ -538,33 +555,27 @@ class OFSDPO(RoundStrategy):
     def _loss(self, trainer):
         return getattr(trainer.loss_fn, "_instance", None)
 
-    def prepare_trainer(self, trainer, train_rows, groups):
+    def trainer_options(self, train_rows, groups):
+        def param_groups(model):  # the slow module's parameters in a second optimizer group
+            slow = f".{self.MODULES[1]}."
+            trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            return [{"params": [p for n, p in trainable if slow not in n]},
+                    {"params": [p for n, p in trainable if slow in n]}]
+
+        return {"scorer_wrapper": lambda scorer: TwoModuleEngine(scorer, *self.MODULES), "param_groups": param_groups}
+
+    def prepare_trainer(self, trainer):
         loss = self._loss(trainer)
         if loss is None or not hasattr(loss, "maybe_swap"):
             raise ConfigError("online.strategy ofs_dpo needs the plain ofs_dpo loss (no modifiers)")
-        loss.load_state_dict(self.loss_state)
-        trainer.engine = TwoModuleEngine(trainer.engine, *self.MODULES)
-        policy = trainer.accelerator.unwrap_model(trainer.model)
-        slow_ids = {id(p) for n, p in policy.named_parameters() if f".{self.MODULES[1]}." in n and p.requires_grad}
-        optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-        group = optimizer.param_groups[0]
-        slow = [p for p in group["params"] if id(p) in slow_ids]
-        group["params"] = [p for p in group["params"] if id(p) not in slow_ids]
-        optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": slow})
-        scheduler = trainer.scheduler
-        if not hasattr(scheduler, "lr_lambdas"):
+        if not hasattr(trainer.scheduler, "lr_lambdas"):
             raise ConfigError("online.strategy ofs_dpo needs a LambdaLR-based scheduler (cosine, linear, constant)")
-        scheduler.base_lrs = [scheduler.base_lrs[0]] * 2
-        scheduler.lr_lambdas = [scheduler.lr_lambdas[0]] * 2
+        loss.load_state_dict(self.loss_state)
         self._apply_roles(trainer, loss.fast)
 
     def _apply_roles(self, trainer, fast: int) -> None:
         lr, ratio = self.loop.config.train.lr, float(self.opts["slow_ratio"])
-        scheduler = trainer.scheduler
-        scheduler.base_lrs = [lr if i == fast else lr * ratio for i in (0, 1)]
-        optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base * factor(max(scheduler.last_epoch, 0))
+        trainer.set_base_lrs([lr if i == fast else lr * ratio for i in (0, 1)])
 
     def callbacks(self):
         interval = int(self.opts["chasing_interval"])
@@ -587,80 +598,3 @@ class OFSDPO(RoundStrategy):
         merged.set_adapter(self.fast_module())
         merged.delete_adapter(self.MODULES[1 - int(self.loss_state.get("fast", 0))])
         return merged
-
-
-# ------------------------------------------------------------------------------------------------
-# Engine wrappers for strategies whose loss needs more than the pair's own log-probs
-# ------------------------------------------------------------------------------------------------
-class SideRowsEngine:
-    """Adds log-probs of extra completions per example ("side rows", keyed by the example's
-    ``side_id`` extra) to ``LossInputs.extras``: ``side_policy_logps`` (with gradient),
-    ``side_reference_logps`` and ``side_mask`` [B, K]."""
-
-    def __init__(self, engine, rows: Dict[int, tuple]):
-        self.engine = engine
-        self.rows = rows
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
-
-    def loss_inputs(self, policy, batch, reference=None):
-        from ..data.collate import Batch
-
-        inputs = self.engine.loss_inputs(policy, batch, reference)
-        ids = [int(i) for i in batch.extras["side_id"].tolist()]
-        missing = [i for i in ids if i not in self.rows]
-        if missing:
-            raise ValueError(f"no online samples for side_id {missing[0]}")
-        groups = [self.rows[i] for i in ids]
-        sizes = [len(completions) for _, completions in groups]
-        lp = self.engine.token_logprobs(policy, groups)
-        ref = reference.token_logprobs(self.engine, Batch("lists", groups, batch.index), cache=False)
-        device = inputs.policy_chosen_logps.device
-        width = max(sizes)
-        mask = torch.arange(width, device=device).unsqueeze(0) < torch.tensor(sizes, device=device).unsqueeze(1)
-        policy_logps = lp.sums.new_zeros(len(groups), width).masked_scatter(mask, lp.sums)
-        reference_logps = ref.sums.new_zeros(len(groups), width).masked_scatter(mask, ref.sums.to(device))
-        inputs.extras.update(side_policy_logps=policy_logps, side_reference_logps=reference_logps,
-                             side_mask=mask.to(policy_logps.dtype))
-        return inputs
-
-
-@contextlib.contextmanager
-def active_adapter(model, name: str):
-    """Run ``model`` (PEFT) with only LoRA module ``name`` active. ``requires_grad`` is left as it is,
-    and restored on exit: PEFT's ``disable_adapter()`` (the reference forward) re-activates adapters
-    on exit through ``set_adapter``, which freezes every module it does not activate."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-    saved = [m._active_adapter for m in layers]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for m in layers:
-        m._active_adapter = [name]
-    try:
-        yield model
-    finally:
-        for m, value in zip(layers, saved):
-            m._active_adapter = value
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-class TwoModuleEngine:
-    """OFS-DPO: the pair's log-probs under LoRA module ``first`` fill the usual fields; module
-    ``second``'s (with gradient) go to ``extras["ofs_other_chosen_logps"/"ofs_other_rejected_logps"]``."""
-
-    def __init__(self, engine, first: str, second: str):
-        self.engine, self.first, self.second = engine, first, second
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
-
-    def loss_inputs(self, policy, batch, reference=None):
-        with active_adapter(policy, self.first):
-            inputs = self.engine.loss_inputs(policy, batch, reference)
-        with active_adapter(policy, self.second):
-            sums = self.engine.token_logprobs(policy, batch.groups).sums
-        inputs.extras.update(ofs_other_chosen_logps=sums[0::2], ofs_other_rejected_logps=sums[1::2])
-        return inputs

@@ -7,8 +7,9 @@ Two kinds, two small interfaces:
       judge.score(prompts, responses) -> list[float]        # one score per (prompt, response)
 
   - :class:`CallableJudge`: a Python function ``fn(prompt, response) -> float`` (a verifier, a rule,
-    your own scorer), given as an object or loaded from ``"module:function"`` /
-    ``"path/file.py:function"`` / a built-in name (see :func:`dpokit.preference.callables.load_judge`);
+    your own scorer; ``bool``/``int`` results count as floats), given as an object or loaded from
+    ``"module:function"``, ``"path/file.py:function"`` (loaded without touching ``sys.path``) or a
+    built-in name (:data:`BUILTIN_JUDGES`: ``parity``, the reward of ``dpokit demo``'s task);
   - :class:`RewardModelJudge`: a Hugging Face sequence-classification reward model
     (``AutoModelForSequenceClassification``, one output), safetensors weights only,
     ``trust_remote_code`` off unless asked. ``dpokit train-rm`` trains one.
@@ -26,13 +27,18 @@ responses: per-response scores and the K x K matrix ``W[i][j] = P(y_i > y_j)`` (
 a pairwise judge the score of a response is its mean win rate against the group (the estimate SPPO
 trains on); with a pointwise judge the matrix is derived from the scores.
 
-:func:`build_judge` builds a judge from a config mapping (``online.judge``); the kinds are a
-registry (:data:`JUDGES`), not a chain of branches.
+:func:`build_judge` is the one way to get a judge: it takes a judge object, a Python callable, a
+``"module:function"`` / ``"file.py:function"`` / built-in name, or a config mapping ``{kind: ...}``
+(``online.judge``, ``train.monitor.judge``, ``dpokit eval --judge``); the kinds are a registry
+(:data:`JUDGES`), not a chain of branches. :func:`score_responses` checks what a pointwise judge returns.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
+import os
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
@@ -56,19 +62,59 @@ def _finite(value: Any, what: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
+# Python functions named in a config
+# ------------------------------------------------------------------------------------------------
+BUILTIN_JUDGES: Dict[str, str] = {"parity": "dpokit.tasks.parity:parity_reward"}
+
+
+def load_function(spec: str) -> Callable:
+    """The function a judge spec names: a built-in name, ``package.module:function`` (an importable
+    module) or ``path/to/file.py:function`` (a Python file, loaded without putting it on ``sys.path``)."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"judge: expected a name or 'module:function', got {spec!r}")
+    spec = BUILTIN_JUDGES.get(spec, spec)
+    if ":" not in spec:
+        raise ValueError(f"judge {spec!r}: not a built-in judge ({', '.join(sorted(BUILTIN_JUDGES))}) and not "
+                         "'module:function' or 'file.py:function'")
+    target, _, attribute = spec.rpartition(":")
+    if target.endswith(".py"):
+        if not os.path.exists(target):
+            raise FileNotFoundError(f"judge file not found: {target}")
+        name = "dpokit_judge_" + os.path.splitext(os.path.basename(target))[0]
+        module_spec = importlib.util.spec_from_file_location(name, target)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ValueError(f"judge {spec!r}: {attribute!r} is not a callable in {target}")
+    return function
+
+
+def score_responses(judge: PointwiseJudge, prompts: Sequence[Any], responses: Sequence[str]) -> List[float]:
+    """``judge.score`` with its result checked: one float per response."""
+    scores = list(judge.score(list(prompts), list(responses)))
+    if len(scores) != len(responses):
+        raise ValueError(f"judge {judge_label(judge)} returned {len(scores)} scores for {len(responses)} responses")
+    return [float(s) for s in scores]
+
+
+def judge_label(judge: Any) -> str:
+    """How results name a judge: its ``name`` (the spec it was built from), else its type."""
+    return getattr(judge, "name", type(judge).__name__)
+
+
+# ------------------------------------------------------------------------------------------------
 # Pointwise judges
 # ------------------------------------------------------------------------------------------------
 class CallableJudge:
     """A Python callable as a judge. ``batched=True``: ``fn(prompts, responses) -> list``."""
 
     def __init__(self, fn: Any, batched: bool = False):
-        if not callable(fn):
-            from .callables import load_judge
-
-            fn = load_judge(fn)
-        self.fn = fn
+        self.name = fn if isinstance(fn, str) else getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+        self.fn = fn if callable(fn) else load_function(fn)
         self.batched = batched
-        self.name = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
 
     def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> List[float]:
         if len(prompts) != len(responses):
@@ -114,6 +160,8 @@ def reward_model_scores(model, tokenizer, prompts: Sequence[Any], responses: Seq
 
 class RewardModelJudge:
     """A sequence-classification reward model: score = its first output on prompt + response."""
+
+    name = "RewardModelJudge"
 
     def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int = 1024):
         if tokenizer.pad_token_id is None:
@@ -190,12 +238,8 @@ class CallablePairwiseJudge:
     """``fn(prompt, a, b)`` -> probability that ``a`` is preferred (a bool or 0/1 works too)."""
 
     def __init__(self, fn: Any):
-        if not callable(fn):
-            from .callables import load_judge
-
-            fn = load_judge(fn)
-        self.fn = fn
-        self.name = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+        self.name = fn if isinstance(fn, str) else getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+        self.fn = fn if callable(fn) else load_function(fn)
 
     def prefer(self, prompts, first, second) -> List[float]:
         out = []

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict
 
 import torch
 
@@ -25,6 +25,7 @@ from ..scoring.lm.engine import LogProbEngine
 from ..sampling import HFSampler, SamplingConfig
 from ..eval.preference import evaluate_pairs
 from ..losses import Needs, get_spec
+from ..io import write_jsonl
 from ..paths import safe_join
 from ..reference import ModelReference
 from ..tiny import tiny_llama, train_tokenizer
@@ -48,12 +49,6 @@ class DemoSettings:
     dpo_batch_size: int = 16
     hidden_size: int = 64
     layers: int = 2
-
-
-def _jsonl(path: str, rows: List[dict]) -> None:
-    with open(path, "w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
 
 
 @torch.no_grad()
@@ -121,8 +116,8 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
     heldout_rows = build_pairs(task, eval_prompts, sampler.sample(eval_prompts, settings.samples_per_prompt)[0],
                                settings.seed + 1)
     pairs_path = safe_join(out, "pairs.jsonl")
-    _jsonl(pairs_path, train_pairs)
-    _jsonl(safe_join(out, "heldout_pairs.jsonl"), heldout_rows)
+    write_jsonl(pairs_path, train_pairs)
+    write_jsonl(safe_join(out, "heldout_pairs.jsonl"), heldout_rows)
     heldout, _ = tokenize_examples([PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in heldout_rows],
                                    tokenizer, max_length=64)
     log(f"      {len(train_pairs)} training pairs, {len(heldout)} held-out pairs")

@@ -25,8 +25,9 @@ from ..data import tokenize_examples
 from ..data.formats import PreferencePair
 from ..sampling import HFSampler, SamplingConfig
 from ..tiny import tiny_llama, train_tokenizer
-from .demo import DemoSettings, _jsonl, evaluate_policy, format_table
-from .parity import ParityTask, build_pairs
+from ..io import write_jsonl
+from .demo import DemoSettings, evaluate_policy, format_table
+from .parity import ParityTask, build_pairs, parity_reward  # noqa: F401  (parity_reward: the demo's judge)
 
 # Loss settings per strategy for this task (the task is small and sharp; see docs/online.md).
 STRATEGY_LOSS: Dict[str, Dict[str, Any]] = {
@@ -38,11 +39,6 @@ STRATEGY_OPTIONS: Dict[str, Dict[str, Any]] = {
     "xpo": {"alpha": 1e-5},
     "hypo": {"lam": 0.05},
 }
-
-
-def parity_reward(prompt: str, response: str) -> float:
-    """The parity task's verifiable reward as a judge: 1 when the answer's last parity word is right."""
-    return ParityTask().reward(prompt, response)
 
 
 def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds: int = 4, log=print,
@@ -85,12 +81,12 @@ def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds
     sampler = HFSampler(model, tokenizer, SamplingConfig(max_new_tokens=8, seed=settings.seed + 1, top_k=0))
     heldout_rows = build_pairs(task, eval_prompts, sampler.sample(eval_prompts, settings.samples_per_prompt)[0],
                                settings.seed + 1)
-    _jsonl(os.path.join(out, "heldout_pairs.jsonl"), heldout_rows)
+    write_jsonl(os.path.join(out, "heldout_pairs.jsonl"), heldout_rows)
     heldout, _ = tokenize_examples([PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in heldout_rows],
                                    tokenizer, max_length=64)
     before = evaluate_policy(model, model, tokenizer, task, eval_prompts, heldout, settings.seed + 2)
     prompts_path = os.path.join(out, "prompts.jsonl")
-    _jsonl(prompts_path, [{"prompt": p} for p in train_prompts])
+    write_jsonl(prompts_path, [{"prompt": p} for p in train_prompts])
 
     loss = dict(STRATEGY_LOSS.get(strategy, {"name": settings.loss, "beta": settings.reference_beta}))
     loss.update(settings.loss_hparams)
@@ -100,7 +96,7 @@ def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds
     if STRATEGIES[strategy].offline_pairs:  # HyPO: offline pairs from the warm-up model + online KL samples
         offline = build_pairs(task, train_prompts, sampler.sample(train_prompts, samples)[0], settings.seed)
         data["train"] = os.path.join(out, "offline_pairs.jsonl")
-        _jsonl(data["train"], offline)
+        write_jsonl(data["train"], offline)
         samples = 2
     elif "reference" in STRATEGIES[strategy].sources:  # XPO: half the samples from the reference
         samples = max(1, samples // 2)

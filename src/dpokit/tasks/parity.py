@@ -82,3 +82,9 @@ def build_pairs(
         if good and bad:
             pairs.append({"prompt": prompt, "chosen": " " + rng.choice(good), "rejected": " " + rng.choice(bad)})
     return pairs
+
+
+def parity_reward(prompt: str, response: str) -> float:
+    """The parity task's verifiable reward as a judge (the built-in judge ``parity``): 1 when the
+    last ``even``/``odd`` word of the response is right for the prompt's number, else 0."""
+    return ParityTask().reward(prompt, response)

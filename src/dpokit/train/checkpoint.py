@@ -15,6 +15,7 @@ checked and a damaged checkpoint is refused (the loader falls back to the previo
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -28,7 +29,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..paths import UnsafePathError, safe_join
+from ..errors import CheckpointError, UnsafePathError
+from ..models import trainable_state  # noqa: F401  (what a checkpoint stores)
+from ..paths import safe_join
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +44,6 @@ ENGINE_INDEX = "engine_state.json"
 ENGINE_REQUIRED_FILES = ("scheduler.pt", "extra.pt", "trainer_state.json", ENGINE_INDEX)
 
 
-class CheckpointError(RuntimeError):
-    pass
 
 
 def _digest(path: str) -> str:
@@ -64,20 +65,6 @@ def _fsync_dir(path: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def trainable_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """Parameters that train (all, or the LoRA ones), contiguous and de-duplicated for safetensors."""
-    state = {}
-    seen = set()
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.data_ptr() in seen:
-            continue
-        seen.add(param.data_ptr())
-        state[name] = param.detach().cpu().contiguous()
-    return state
 
 
 def rng_state() -> Dict[str, Any]:
@@ -331,3 +318,42 @@ def load_engine_checkpoint(path: str, accelerator, scheduler) -> Dict[str, Any]:
     verified it); returns the trainer state (with ``loss_state``)."""
     accelerator.load_state(os.path.join(path, ENGINE_DIR))
     return _read_run_state(path, scheduler)
+
+
+# ---- the final model ---------------------------------------------------------------------------
+
+def save_model_dir(model, tokenizer, path: str, state_dict=None, base_loader=None) -> str:
+    """A directory ``AutoModelForCausalLM.from_pretrained`` loads: the weights (safetensors) and the
+    tokenizer. A LoRA (PEFT) model is saved twice: its adapter under ``path/adapter`` and the merged
+    model in ``path``. ``state_dict``: weights gathered from a sharded engine (FSDP, ZeRO-3); with
+    LoRA the merged model is then rebuilt from ``base_loader()`` (the base weights) on the CPU, and
+    without a loader only the adapter is saved."""
+    os.makedirs(path, exist_ok=True)
+    if not hasattr(model, "merge_and_unload"):
+        model.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+    elif state_dict is None:
+        model.save_pretrained(safe_join(path, "adapter"), safe_serialization=True)
+        copy.deepcopy(model).merge_and_unload().save_pretrained(path, safe_serialization=True)
+    else:
+        adapter = safe_join(path, "adapter")
+        model.save_pretrained(adapter, state_dict=state_dict, safe_serialization=True)
+        if base_loader is not None:
+            from peft import PeftModel
+
+            PeftModel.from_pretrained(base_loader(), adapter).merge_and_unload().save_pretrained(
+                path, safe_serialization=True)
+        else:
+            logger.warning("%s: only the adapter was saved (the base model was not loaded from a path)", path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def save_final_model(accelerator, model, tokenizer, path: str, sharded: bool, base_loader=None) -> str:
+    """``final/`` of a run from the (possibly wrapped) training model; every process calls this.
+    Sharded engines gather the whole weights on the main process first."""
+    accelerator.wait_for_everyone()
+    gathered = accelerator.get_state_dict(model) if sharded else None
+    if accelerator.is_main_process:
+        save_model_dir(accelerator.unwrap_model(model), tokenizer, path, gathered, base_loader if sharded else None)
+    accelerator.wait_for_everyone()
+    return path

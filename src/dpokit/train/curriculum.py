@@ -19,7 +19,6 @@ the reference becomes the resumed policy (a warning says so).
 from __future__ import annotations
 
 import logging
-import math
 from typing import List, Sequence
 
 import torch

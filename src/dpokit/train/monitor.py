@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from ..eval.diagnostics import completion_statistics, has_reference_model, sample_from_ids
-from ..preference.callables import load_judge, score_all
+from ..preference.judges import build_judge, score_responses
 from ..eval.metrics import distinct_n
 from ..eval.preference import preference_accuracy
 
@@ -74,7 +74,7 @@ class MonitorOptions:
 
     @classmethod
     def parse(cls, value: Any) -> "MonitorOptions":
-        from ..config import ConfigError
+        from ..errors import ConfigError
 
         if value is True:
             return cls()
@@ -91,7 +91,7 @@ class MonitorOptions:
                 raise ConfigError(f"train.monitor.{name}: expected a positive integer, got {number!r}")
         if isinstance(options.judge, str):
             try:
-                load_judge(options.judge)
+                build_judge(options.judge)
             except (ValueError, ImportError, FileNotFoundError) as err:
                 raise ConfigError(f"train.monitor.judge: {err}") from None
         elif options.judge is not None and not isinstance(options.judge, dict):
@@ -109,12 +109,8 @@ class Monitor:
     def __init__(self, options: MonitorOptions):
         self.options = options
         self.judge = None
-        if isinstance(options.judge, dict):  # {kind: reward_model, path: ...}: see dpokit.preference.judges.build_judge
-            from ..preference.judges import build_judge
-
+        if options.judge:  # a name, 'module:function' or {kind: reward_model, path: ...}
             self.judge = build_judge(options.judge)
-        elif options.judge:
-            self.judge = load_judge(options.judge)
         self.samples = options.samples if options.samples is not None else (1 if self.judge else 0)
         self.history: List[Dict[str, float]] = []
         self.baseline: Dict[str, float] = {}
@@ -193,7 +189,7 @@ class Monitor:
             parts = []
             for start in range(0, len(examples), self.options.batch_size):
                 batch = collate(examples[start:start + self.options.batch_size], "pairs" if pairs else "unpaired")
-                parts.append(trainer.reference.token_logprobs(trainer.engine, batch).sums.float().cpu())
+                parts.append(trainer.reference.token_logprobs(trainer.scorer, batch).sums.float().cpu())
             ref_logps = torch.cat(parts)
         chosen = slice(0, None, width)
         record: Dict[str, Any] = {
@@ -248,7 +244,7 @@ class Monitor:
             record["monitor/kl"] = float(stats["kl"].mean())
         if self.judge is not None:
             texts = [tokenizer.decode(p, skip_special_tokens=True) for p in prompts]
-            scores = score_all(self.judge, [t for t, group in zip(texts, samples) for _ in group],
+            scores = score_responses(self.judge, [t for t, group in zip(texts, samples) for _ in group],
                                [s.text for s in answers])
             record["monitor/judge_reward"] = sum(scores) / len(scores)
         return record

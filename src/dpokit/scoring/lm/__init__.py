@@ -1,0 +1,12 @@
+"""The language-model scorer: log-probs of completions under the policy and the reference.
+
+    projection.py   hidden states -> selected-token log-probs and vocabulary statistics, in chunks
+                    (no [B, T, V] logits)
+    layouts.py      how prompt + completions become backbone forwards (padded | packed | prompt_shared)
+    engine.py       LogProbEngine: a batch -> LossInputs, computing only what the loss's Needs ask for
+"""
+
+from .engine import LogProbEngine
+from .projection import TokenLogprobs
+
+__all__ = ["LogProbEngine", "TokenLogprobs"]

@@ -1,4 +1,6 @@
-"""From a batch and models to :class:`~dpokit.losses.LossInputs`.
+"""The language-model scorer: from a batch and models to :class:`~dpokit.losses.LossInputs`.
+
+:class:`LogProbEngine` implements :class:`dpokit.scoring.Scorer` for causal LMs.
 
 The engine computes exactly what the loss declares in its ``Needs``: reference log-probs only for
 losses that use a reference, per-vocabulary statistics only when asked for, the KTO mismatched
@@ -25,6 +27,10 @@ class LogProbEngine:
         self.layout_name = layout
         self.layout = get_layout(layout)
         self.chunk_size = chunk_size
+
+    def external_parameters(self, model) -> list:
+        """Weights read outside the model's own forward: the LM head (chunked projection)."""
+        return list(split_model(model)[1].parameters(recurse=False))
 
     # -- raw log-probs ------------------------------------------------------------------------
     def hidden(self, model, groups: Sequence[Group]):

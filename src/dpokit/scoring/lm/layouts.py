@@ -49,6 +49,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ...errors import ConfigError
 from .projection import Group, rows_of
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,15 @@ def _sliding_window(config) -> Tuple[Optional[int], Optional[List[str]]]:
     if types is not None and "sliding_attention" not in types:
         return None, None
     return int(window), (list(types) if types is not None else None)
+
+
+def check_layout(model, layout: str) -> None:
+    """A layout the model cannot run stops the run here, before data, reference and training."""
+    if layout == "padded":
+        return
+    ok, reason = layout_supported(model, layout)
+    if not ok:
+        raise ConfigError(f"train.layout: {layout!r} cannot run on this model: {reason}")
 
 
 def layout_supported(model, name: str, probe: bool = False) -> Tuple[bool, str]:
