@@ -7,11 +7,12 @@ per-token tensors. ``make_full_inputs`` fills everything.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from dpokit.losses import LossInputs, Needs
+
+from .references import np_logsig, np_sig, to_numpy  # noqa: F401  (shared with the test modules)
 
 EXTRA_KEYS = (
     "chosen_token_weights",
@@ -78,6 +79,9 @@ def make_full_inputs(batch: int = 4, T: int = 6, seed: int = 0, dtype=torch.floa
         "ofs_other_chosen_logps": -10 * torch.rand(batch, generator=online, dtype=dtype),
         "ofs_other_rejected_logps": -10 * torch.rand(batch, generator=online, dtype=dtype),
     })
+    prompt = torch.Generator().manual_seed(seed + 15485863)  # own stream, as above
+    prompt_lengths = torch.randint(0, T + 1, (batch,), generator=prompt)
+    prompt_logps = -(0.05 + 3.0 * torch.rand(batch, generator=prompt, dtype=dtype)) * prompt_lengths.to(dtype)
     labels = torch.tensor([i % 2 == 0 for i in range(batch)])
     labels[-1] = not labels[0]
     list_mask = torch.ones(batch, K, dtype=torch.bool)
@@ -96,6 +100,8 @@ def make_full_inputs(batch: int = 4, T: int = 6, seed: int = 0, dtype=torch.floa
         chosen_token_mask=m_w,
         rejected_token_mask=m_l,
         token_stats=stats,
+        policy_prompt_logps=prompt_logps,
+        prompt_lengths=prompt_lengths.to(dtype),
         list_policy_logps=-5 * torch.rand(batch, K, generator=gen, dtype=dtype),
         list_reference_logps=-5 * torch.rand(batch, K, generator=gen, dtype=dtype),
         list_lengths=torch.randint(1, T + 1, (batch, K), generator=gen).to(dtype),
@@ -115,6 +121,7 @@ _PAIR_FIELDS = ("policy_chosen_logps", "policy_rejected_logps", "reference_chose
                 "reference_rejected_logps", "chosen_lengths", "rejected_lengths")
 _TOKEN_FIELDS = ("policy_chosen_token_logps", "policy_rejected_token_logps", "reference_chosen_token_logps",
                  "reference_rejected_token_logps", "chosen_token_mask", "rejected_token_mask")
+_PROMPT_FIELDS = ("policy_prompt_logps", "prompt_lengths")
 _LIST_FIELDS = ("list_policy_logps", "list_reference_logps", "list_lengths", "list_scores", "list_mask")
 _UNPAIRED_FIELDS = ("policy_logps", "reference_logps", "lengths", "labels")
 _KL_FIELDS = ("kl_policy_logps", "kl_reference_logps")
@@ -132,6 +139,8 @@ def make_inputs(needs: Needs, batch: int = 4, T: int = 6, seed: int = 0, dtype=t
         # Per-token tensors only when declared: a loss must not rely on fields it did not ask for.
         if needs.token_logps:
             keep.update(_TOKEN_FIELDS)
+        if needs.prompt_logps:
+            keep.update(_PROMPT_FIELDS)
     elif needs.data == "unpaired":
         keep.update(_UNPAIRED_FIELDS)
         if needs.mismatched_kl:
@@ -141,25 +150,13 @@ def make_inputs(needs: Needs, batch: int = 4, T: int = 6, seed: int = 0, dtype=t
     if not needs.reference:
         keep -= set(_REFERENCE_FIELDS)
     changes = {}
-    for name in _PAIR_FIELDS + _TOKEN_FIELDS + _LIST_FIELDS + _UNPAIRED_FIELDS + _KL_FIELDS:
+    for name in _PAIR_FIELDS + _TOKEN_FIELDS + _PROMPT_FIELDS + _LIST_FIELDS + _UNPAIRED_FIELDS + _KL_FIELDS:
         if name not in keep:
             changes[name] = None
     prefixes = ("chosen", "rejected") if needs.data == "pairs" else ()
     changes["token_stats"] = {f"{p}/{s}": full.token_stats[f"{p}/{s}"] for p in prefixes for s in needs.token_stats}
     changes["extras"] = {k: full.extras[k] for k in needs.extras}
     return full.replace(**changes)
-
-
-def to_numpy(t):
-    return None if t is None else t.detach().cpu().numpy().astype(np.float64)
-
-
-def np_logsig(x):
-    return -np.logaddexp(0.0, -np.asarray(x, dtype=np.float64))
-
-
-def np_sig(x):
-    return np.exp(np_logsig(x))
 
 
 @pytest.fixture

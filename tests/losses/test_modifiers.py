@@ -253,3 +253,29 @@ def test_state_dict_round_trip_with_stateful_base():
     other.training = False
     loss.training = False
     torch.testing.assert_close(other(x).loss, loss(x).loss)
+
+
+def test_build_loss_strict_rules():
+    with pytest.raises(ValueError, match="give either 'name' or 'components', not both"):
+        build_loss({"name": "dpo", "components": [{"name": "sft"}]})
+    with pytest.raises(ValueError, match=r"'name' is required \(e.g. name: dpo\)"):
+        build_loss({"beta": 0.1})
+    with pytest.raises(ValueError, match="'name' is required"):
+        build_loss({"modifiers": {"wpo": True}})
+    with pytest.raises(ValueError, match="no hyperparameter"):
+        build_loss({"name": "dpo", "bta": 0.1})
+    with pytest.raises(ValueError, match="modifiers"):
+        build_loss({"name": "dpo", "modifiers": ["wpo"]})
+    assert build_loss({"name": "dpo", "modifiers": {}}).name == "dpo"
+
+
+def test_modifier_behaviour_is_declared_not_named():
+    from dpokit.losses import modifiers
+
+    flags = {m.name: (m.impl.per_example, m.impl.runs_loss) for m in modifiers.list_modifiers()}
+    assert flags == {"beta_dpo": (True, True), "ld_alpha": (False, False), "madpo": (True, False), "wpo": (True, False)}
+    assert not get_loss("aot").needs.per_example and get_loss("dpo").needs.per_example
+    assert not get_loss("dpo + aot").needs.per_example
+    assert apply_modifiers("aot", {"ld_alpha": 0.5}).needs.token_logps  # a transform needs no per-example loss
+    with pytest.raises(ValueError, match="not per example"):
+        apply_modifiers("dpo + 0.5*aot_unpaired", {"madpo": True})

@@ -1,9 +1,13 @@
 """Preference objectives behind one switch.
 
-    from dpokit.losses import get_loss, LossInputs
+    from dpokit.losses import build_loss, get_loss, LossInputs
     out = get_loss("dpo", beta=0.1)(LossInputs(...))
     out.loss      # per-example loss, shape [B]
     out.metrics   # dict of scalar tensors (rewards/chosen, rewards/margins, ...)
+    loss = build_loss({"name": "dpo", "beta": 0.1, "modifiers": {"ld_alpha": 0.5}})
+
+One family = one module = one page ``docs/losses/<module>.md``; a loss's ``family`` is the name of
+its module. Importing a family module registers its losses; every family is imported here.
 """
 
 from .base import LossInputs, LossOutput, pairwise_metrics, reward_metrics
@@ -20,9 +24,27 @@ from .registry import (
     resolve_name,
 )
 
-# Importing a family module registers its losses.
-from . import pairwise, reference_free, regularizers  # noqa: E402,F401
-from . import catalog  # noqa: E402,F401
+# The family modules, in catalog order (importing one registers its losses).
+from . import (  # noqa: E402
+    pairwise,
+    anchored,
+    distributional,
+    divergence,
+    multi_objective,
+    reference_free,
+    regularized,
+    token_level,
+    unpaired,
+    listwise,
+    online,
+)
+from . import modifiers  # noqa: E402
+from .modifiers import ModifiedLoss, apply_modifiers, build_loss, list_modifiers  # noqa: E402
+from .token_level import diff_token_weights  # noqa: E402
+from .unpaired import kto_weight_warning  # noqa: E402
+
+FAMILIES = (pairwise, anchored, distributional, divergence, multi_objective, reference_free, regularized,
+            token_level, unpaired, listwise, online)
 
 __all__ = [
     "LossInputs",
@@ -39,4 +61,11 @@ __all__ = [
     "resolve_name",
     "pairwise_metrics",
     "reward_metrics",
+    "ModifiedLoss",
+    "apply_modifiers",
+    "build_loss",
+    "list_modifiers",
+    "kto_weight_warning",
+    "diff_token_weights",
+    "FAMILIES",
 ]

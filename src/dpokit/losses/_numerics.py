@@ -52,7 +52,7 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * m).sum(dim=-1) / m.sum(dim=-1).clamp_min(1)
 
 
-def nll_term(inputs, reduction: str) -> Tensor:
+def nll_term(inputs, reduction: str, include_prompt: bool = False) -> Tensor:
     """Negative log-likelihood of the chosen completion as a per-example tensor [B].
 
     * ``"token_mean"``: cross-entropy pooled over every chosen token in the batch, as
@@ -60,13 +60,21 @@ def nll_term(inputs, reduction: str) -> Tensor:
       Returned per example as ``-lp_w * B / sum_j |y_w_j|`` so that the batch mean equals it.
     * ``"example_mean"``: per-example token mean ``-lp_w / |y_w|`` (then averaged over the batch).
     * ``"sum"``: per-example sequence NLL ``-lp_w``.
+
+    ``include_prompt=True`` counts the prompt tokens after the first as well (``lp_w`` becomes
+    ``lp(x) + lp_w`` and ``|y_w|`` becomes ``|x| - 1 + |y_w|``): the NLL of the whole chosen sequence.
     """
     inputs.require("policy_chosen_logps")
     lp = inputs.policy_chosen_logps
+    if include_prompt:
+        inputs.require("policy_prompt_logps", "prompt_lengths")
+        lp = lp + inputs.policy_prompt_logps.to(lp.dtype)
     if reduction == "sum":
         return -lp
     inputs.require("chosen_lengths")
     lengths = inputs.chosen_lengths.to(lp.dtype)
+    if include_prompt:
+        lengths = lengths + inputs.prompt_lengths.to(lp.dtype)
     if reduction == "example_mean":
         return -lp / lengths.clamp_min(1)
     if reduction == "token_mean":

@@ -14,6 +14,9 @@ Shapes (B = batch of pairs, T = longest completion in the batch, K = responses p
 * ``token_stats``: per-token statistics some losses ask for, keyed like
   ``"chosen/ref_kl"`` -> [B, T] (computed by the engine chunk by chunk).
 * ``list_*``: [B, K] tensors for listwise losses, ``list_mask`` [B, K] marks real responses.
+* ``policy_prompt_logps``, ``prompt_lengths``: [B], the policy's summed log-probs of the prompt
+  tokens after the first (each predicted from the tokens before it) and their number; only for
+  losses whose ``Needs.prompt_logps`` is set (ORPO's NLL over prompt and response).
 * ``labels``: [B] bool for unpaired data (True = desirable); unpaired losses read the
   ``policy_logps``/``reference_logps`` fields ([B]) and, for KTO's KL estimate,
   ``kl_policy_logps``/``kl_reference_logps`` ([B], mismatched completions).
@@ -47,6 +50,9 @@ class LossInputs:
     chosen_token_mask: Optional[Tensor] = None
     rejected_token_mask: Optional[Tensor] = None
     token_stats: Dict[str, Tensor] = field(default_factory=dict)
+    # prompt tokens after the first, under the policy (Needs.prompt_logps)
+    policy_prompt_logps: Optional[Tensor] = None
+    prompt_lengths: Optional[Tensor] = None
     # listwise: K responses per prompt
     list_policy_logps: Optional[Tensor] = None
     list_reference_logps: Optional[Tensor] = None
@@ -101,15 +107,27 @@ class LossInputs:
     def mean_logps(self, which: str, model: str = "policy") -> Tensor:
         """Token-mean log-prob ``lp(y)/|y|`` of ``which`` in {"chosen", "rejected"}."""
         logps = getattr(self, f"{model}_{which}_logps")
-        lengths = getattr(self, f"{which}_lengths")
-        if logps is None or lengths is None:
+        if logps is None or getattr(self, f"{which}_lengths") is None:
             raise ValueError(f"this loss needs {model}_{which}_logps and {which}_lengths")
-        return logps / lengths.to(logps.dtype).clamp_min(1)
+        return self.length_normalized(logps, which)
+
+    def length_normalized(self, x: Tensor, which: str) -> Tensor:
+        """``x / max(length, 1)`` with the token counts of ``which``: ``"chosen"``, ``"rejected"``,
+        ``"prompt"`` ([B]), ``"list"`` ([B, K]) or ``"unpaired"`` ([B]); lengths cast to ``x``'s dtype."""
+        name = _LENGTHS.get(which)
+        if name is None:
+            raise ValueError(f"length_normalized: which must be one of {sorted(_LENGTHS)}, got {which!r}")
+        self.require(name)
+        return x / getattr(self, name).to(x.dtype).clamp_min(1)
 
     def replace(self, **changes) -> "LossInputs":
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return LossInputs(**values)
+
+
+_LENGTHS = {"chosen": "chosen_lengths", "rejected": "rejected_lengths", "prompt": "prompt_lengths",
+            "list": "list_lengths", "unpaired": "lengths"}
 
 
 @dataclass
@@ -120,21 +138,30 @@ class LossOutput:
     metrics: Dict[str, Tensor] = field(default_factory=dict)
 
 
-def reward_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Dict[str, Tensor]:
-    """The field's standard implicit-reward metrics (names as TRL logs them)."""
+def reward_metrics(
+    chosen_rewards: Tensor, rejected_rewards: Tensor, inputs: Optional[LossInputs] = None
+) -> Dict[str, Tensor]:
+    """The field's standard implicit-reward metrics (names as TRL logs them).
+
+    With ``inputs``, also ``logps/chosen`` and ``logps/rejected``: the batch means of the policy's
+    summed log-probs of the chosen and rejected completions (each where it is present).
+    """
     chosen_rewards = chosen_rewards.detach()
     rejected_rewards = rejected_rewards.detach()
-    return {
+    metrics = {
         "rewards/chosen": chosen_rewards.mean(),
         "rewards/rejected": rejected_rewards.mean(),
         "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
         "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
     }
+    if inputs is not None:
+        if inputs.policy_chosen_logps is not None:
+            metrics["logps/chosen"] = inputs.policy_chosen_logps.detach().mean()
+        if inputs.policy_rejected_logps is not None:
+            metrics["logps/rejected"] = inputs.policy_rejected_logps.detach().mean()
+    return metrics
 
 
 def pairwise_metrics(inputs: LossInputs, beta: float) -> Dict[str, Tensor]:
     """``rewards/*`` with reward ``beta * r(y)`` plus ``logps/*`` of the policy."""
-    metrics = reward_metrics(beta * inputs.chosen_logratios(), beta * inputs.rejected_logratios())
-    metrics["logps/chosen"] = inputs.policy_chosen_logps.detach().mean()
-    metrics["logps/rejected"] = inputs.policy_rejected_logps.detach().mean()
-    return metrics
+    return reward_metrics(beta * inputs.chosen_logratios(), beta * inputs.rejected_logratios(), inputs)

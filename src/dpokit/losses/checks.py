@@ -153,6 +153,9 @@ def synthetic_inputs(needs, batch: int = 4, length: int = 3, seed: int = 0):
                     values[f"{model}_{which}_token_logps"] = tokens
             if needs.token_logps or needs.token_stats:
                 values[f"{which}_token_mask"] = mask
+        if needs.prompt_logps:
+            values["policy_prompt_logps"] = logps(batch, length).sum(-1)
+            values["prompt_lengths"] = lengths
         values["token_stats"] = {f"{which}/{stat}": 0.5 * torch.rand(batch, length, generator=gen)
                                  for which in ("chosen", "rejected") for stat in needs.token_stats}
     elif needs.data == "unpaired":

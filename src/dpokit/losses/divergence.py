@@ -1,6 +1,6 @@
 """f-DPO: DPO with the reverse-KL regulariser replaced by another f-divergence.
 
-Notation (METHODS.md section 0): ``r(y) = lp(y) - lr(y)``, ``u = pi_theta(y)/pi_ref(y) = exp(r)``.
+Notation (``docs/losses/notation.md``): ``r(y) = lp(y) - lr(y)``, ``u = pi_theta(y)/pi_ref(y) = exp(r)``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def f_divergence_score(logratio: Tensor, f_divergence_type: str, alpha: float = 
 
 @register_loss(
     "fdpo",
-    family="pairwise",
+    family="divergence",
     source="Wang et al. 2023, Beyond Reverse KL: Generalizing Direct Preference Optimization with "
     "Diverse Divergence Constraints, arXiv 2309.16240; TRL f_divergence_type (HEAD and v0.25)",
     needs=Needs(reference=True, data="pairs"),

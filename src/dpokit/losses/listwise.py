@@ -4,7 +4,7 @@ Inputs (all [B, K], K = most responses of a list in the batch): ``list_policy_lo
 ``list_reference_logps`` (sequence sums), ``list_lengths`` (completion tokens), ``list_scores``
 (higher is better; ranks r arrive as scores -r) and ``list_mask`` (True on real responses; lists
 with fewer responses are padded, and padded entries never change a value or a gradient).
-Notation as in METHODS.md: ``r_k = lp(y_k) - lr(y_k)``, ``t_k`` the given score of response k,
+Notation (``docs/losses/notation.md``): ``r_k = lp(y_k) - lr(y_k)``, ``t_k`` the given score of response k,
 ``N`` the number of real responses of a list. Every loss returns a per-list loss [B].
 
 Ties (equal ``t``) are allowed; each docstring says how its loss treats them. A summary:
@@ -157,7 +157,7 @@ def plackett_luce_loss(inputs: LossInputs, beta: float = 0.1, ties: str = "separ
       approximation of the tied Plackett-Luce likelihood); pulls tied rewards together.
     * ``"order"``: ties broken by position in the list (a strict order; not permutation invariant).
 
-    Source: DPO paper App. A.3 (PARTIAL in METHODS F1: the standard formula, not re-read).
+    Source: DPO paper App. A.3 (PARTIAL: the standard formula, not re-read).
     """
     if ties not in _TIES:
         raise ValueError(f"plackett_luce: ties must be one of {_TIES}, got {ties!r}")
@@ -194,9 +194,9 @@ def lipo_lambda_loss(inputs: LossInputs, beta: float = 0.05) -> LossOutput:
     ``Delta_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|`` (no gradient), ``G = 2^t - 1`` with the given
     scores ``t`` as labels ``psi`` (the paper uses win rates in [0, 1]; keep scores on a small scale),
     ``tau`` = rank under the current model scores ``s`` (ties by position), ``D(tau) = log2(1 + tau)``
-    (the NDCG discount; METHODS writes ``log`` without a base: another base rescales the loss).
+    (the NDCG discount; the paper writes ``log`` without a base: another base rescales the loss).
     Ties in ``t`` give no pair. K = 2 is ``(1 - 1/log2 3) * |G_1 - G_2|`` times DPO.
-    Defaults: beta 0.05 (paper). Source: Liu et al. 2024 (PARTIAL in METHODS F2: secondary report).
+    Defaults: beta 0.05 (paper). Source: Liu et al. 2024 (PARTIAL: from a secondary report).
     """
     r, t, mask = _list_inputs(inputs)
     s = beta * r
@@ -222,7 +222,7 @@ def rankdpo_loss(inputs: LossInputs, beta: float = 0.1, rank_source: str = "true
     ``rank_source="true"`` (default, Algorithm 2): ``tau`` = rank by the given scores, tied responses
     sharing their average rank; ``"model"`` (the Fig. 2 caption): rank by ``beta * r`` (then the loss
     is LiPO-lambda). The diffusion score ``-s`` of the paper is replaced by ``r`` for language models.
-    Source: Karthik et al. 2024 (VERIFIED in METHODS F3, paper text).
+    Source: Karthik et al. 2024 (verified against the paper text).
     """
     if rank_source not in ("true", "model"):
         raise ValueError(f"rankdpo: rank_source must be 'true' or 'model', got {rank_source!r}")
@@ -252,9 +252,9 @@ def irpo_loss(inputs: LossInputs, beta: float = 1.0, weighting: str = "ndcg",
     ``rel`` = the given scores (graded relevance, must be >= 0), ``rank`` = 1-based rank by those scores
     with tied responses sharing their average rank, so an all-tied list still has a (formula) loss.
     ``length_normalize=True`` uses token-mean log-probs as the official code does (its items are
-    in-context list entries); the default uses sequence sums as METHODS F4 writes ``r_i``.
+    in-context list entries); the default uses sequence sums for ``r_i``.
     K = 2, scores (1, 0): ``0.5 * DPO(beta)``. Defaults: beta 1.0 (README).
-    Source: Wu, Surana et al. 2025 (VERIFIED in METHODS F4, official code).
+    Source: Wu, Surana et al. 2025 (verified against the official code).
     """
     weightings = ("ndcg", "rank", "gain_over_rank")
     if weighting not in weightings:
@@ -264,8 +264,7 @@ def irpo_loss(inputs: LossInputs, beta: float = 1.0, weighting: str = "ndcg",
         raise ValueError("irpo: relevance scores must be >= 0 (its gains are 2^rel - 1); give graded scores, "
                          "not ranks")
     if length_normalize:
-        inputs.require("list_lengths")
-        r = r / inputs.list_lengths.to(r.dtype).clamp_min(1)
+        r = inputs.length_normalized(r, "list")
     ranks = _average_ranks(t, mask)
     gains = torch.exp2(t) - 1.0
     if weighting == "ndcg":
@@ -302,7 +301,7 @@ def adpo_loss(inputs: LossInputs, tau: float = 0.8, beta_reward: float = 0.5) ->
     list has a uniform target. K = 2 equals ``cdpo`` with ``beta = 1/tau`` and ``eps = q_2``.
     Defaults: tau 0.8 and beta_reward 0.5 (VERL integration). Not included: the optional per-token
     anchor KL (``beta_anchor_kl``, default 0) and the adaptive temperature.
-    Source: arXiv 2510.18913 (VERIFIED in METHODS F6, author code).
+    Source: arXiv 2510.18913 (verified against the authors' code).
     """
     if tau <= 0 or beta_reward <= 0:
         raise ValueError(f"adpo: tau and beta_reward must be > 0, got {tau}, {beta_reward}")
@@ -333,7 +332,7 @@ def infonca_loss(inputs: LossInputs, beta: float = 0.01, alpha: float = 1.0) -> 
     ``R`` = the given scores (explicit rewards), ``alpha`` the target temperature (the official code's
     ``temperature_alpha`` is ``1/alpha``). Tied rewards get equal target mass. With one response per
     list rewarded infinitely better (``alpha -> 0``) and K = 2 it is DPO.
-    Defaults: beta 0.01 (as ``nca``), alpha 1. Source: Chen et al. 2024 (VERIFIED in METHODS A8).
+    Defaults: beta 0.01 (as ``nca``), alpha 1. Source: Chen et al. 2024 (verified).
     """
     if alpha <= 0:
         raise ValueError(f"infonca: alpha must be > 0, got {alpha}")
@@ -356,7 +355,7 @@ def nca_list_loss(inputs: LossInputs, beta: float = 0.01, alpha: float = 1.0) ->
 
     ``s = beta * r``, ``q = softmax(R / alpha)`` from the given scores. K = 2 with a hard target
     (``q = (1, 0)``) is the pairwise ``nca``. Tied rewards get equal target mass.
-    Defaults: beta 0.01 (as ``nca``), alpha 1. Source: Chen et al. 2024 (VERIFIED in METHODS A8).
+    Defaults: beta 0.01 (as ``nca``), alpha 1. Source: Chen et al. 2024 (verified).
     """
     if alpha <= 0:
         raise ValueError(f"nca_list: alpha must be > 0, got {alpha}")
@@ -382,7 +381,7 @@ def exo_list_loss(inputs: LossInputs, beta: float = 0.1, beta_r: float = 1.0) ->
     softmax(R / beta_r)`` from the given scores (no gradient). K = 2 with ``R_1 - R_2 =
     beta_r * log((1 - eps)/eps)`` is the pairwise ``exo`` with that ``eps``. Tied rewards get equal
     target mass. Defaults: beta 0.1 (as ``exo``), beta_r 1 (official code; it also uses beta_pi 1).
-    Source: Ji et al. 2024 (VERIFIED in METHODS A7).
+    Source: Ji et al. 2024 (verified).
     """
     if beta_r <= 0:
         raise ValueError(f"exo_list: beta_r must be > 0, got {beta_r}")
@@ -416,13 +415,12 @@ def tpo_list_loss(inputs: LossInputs, beta: float = 0.5, length_normalize: bool 
     (minimising it would reverse the ranking); ``beta`` scales the score differences instead, as in
     DPO. Tied pairs contribute nothing (the code adds a constant ``log 2`` for them). K = 2 is
     ``sigmoid_norm`` (length-normalised DPO). Default beta 0.5 (``tpo_train.py``).
-    Source: Liao et al. 2024 (PARTIAL in METHODS F5: code and paper differ).
+    Source: Liao et al. 2024 (PARTIAL: code and paper differ).
     """
     r, t, mask = _list_inputs(inputs)
     u = r
     if length_normalize:
-        inputs.require("list_lengths")
-        u = r / inputs.list_lengths.to(r.dtype).clamp_min(1)
+        u = inputs.length_normalized(r, "list")
     both = mask.unsqueeze(-1) & mask.unsqueeze(-2)
     sign = torch.sign(t.unsqueeze(-1) - t.unsqueeze(-2))
     pair_loss = F.softplus(-beta * (u.unsqueeze(-1) - u.unsqueeze(-2)) * sign) * (both & (sign != 0))

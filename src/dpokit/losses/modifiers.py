@@ -24,10 +24,8 @@ synchronisation is a trainer callback, not a modifier.
 
 from __future__ import annotations
 
-import inspect
 import math
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,42 +33,12 @@ import torch.nn.functional as F
 from ._distributed import broadcast_from_first, gather_detached_with_offset
 from ._numerics import capped_exp, masked_mean, masked_sum, require_extra
 from .base import LossInputs, LossOutput
-from .registry import CompositeLoss, ConfiguredLoss, Needs, _hyperparameter_defaults, get_loss
+from .registry import CompositeLoss, ConfiguredLoss, LossSpec, Needs, Registry, _unique, get_loss, make_spec
 
 Tensor = torch.Tensor
 
-# Losses whose per-example output is not per example (sorted over the batch).
-_SORTED_LOSSES = {"aot", "aot_unpaired"}
-
-
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class ModifierSpec:
-    name: str
-    impl: type
-    needs: Needs
-    source: str
-    defaults: Dict[str, Any]
-    aliases: Tuple[str, ...] = ()
-    summary: str = ""
-    verified: str = "verified"
-    shorthand: Optional[str] = None  # hyperparameter a bare scalar config value sets
-
-    def as_dict(self) -> Dict[str, Any]:
-        return {
-            "name": self.name,
-            "family": "modifier",
-            "aliases": list(self.aliases),
-            "needs": self.needs.as_dict(),
-            "hyperparameters": self.defaults,
-            "source": self.source,
-            "verified": self.verified,
-            "summary": self.summary,
-        }
-
-
-_MODIFIERS: Dict[str, ModifierSpec] = {}
-_MODIFIER_ALIASES: Dict[str, str] = {}
+MODIFIERS = Registry("loss modifier")
+ModifierSpec = LossSpec
 
 
 def register_modifier(
@@ -82,40 +50,44 @@ def register_modifier(
     verified: str = "verified",
     shorthand: Optional[str] = None,
 ):
+    """Decorator registering a :class:`Modifier` subclass (same spec class as a loss, family
+    ``modifiers``); ``needs`` are added to the wrapped loss's, ``shorthand`` names the
+    hyperparameter a bare number in the config sets."""
+
     def decorator(cls):
-        doc = inspect.getdoc(cls) or ""
-        if not doc:
-            raise TypeError(f"modifier {name!r} must have a docstring with its formula and source")
-        if name in _MODIFIERS or name in _MODIFIER_ALIASES:
-            raise ValueError(f"modifier {name!r} is already registered")
-        _MODIFIERS[name] = ModifierSpec(
-            name=name, impl=cls, needs=needs, source=source, defaults=_hyperparameter_defaults(cls),
-            aliases=tuple(aliases), summary=doc.splitlines()[0], verified=verified, shorthand=shorthand,
-        )
-        for alias in aliases:
-            _MODIFIER_ALIASES[alias] = name
+        MODIFIERS.add(make_spec(name, cls, family="modifiers", source=source, needs=needs, aliases=aliases,
+                                verified=verified, shorthand=shorthand))
         cls.key = name
         return cls
 
     return decorator
 
 
-def list_modifiers() -> List[ModifierSpec]:
-    return [_MODIFIERS[n] for n in sorted(_MODIFIERS)]
+def list_modifiers() -> List[LossSpec]:
+    return MODIFIERS.all()
 
 
-def get_modifier_spec(name: str) -> ModifierSpec:
-    key = _MODIFIER_ALIASES.get(name, name)
-    if key not in _MODIFIERS:
-        raise KeyError(f"unknown loss modifier {name!r}; known: {sorted(_MODIFIERS) + sorted(_MODIFIER_ALIASES)}")
-    return _MODIFIERS[key]
+def get_modifier_spec(name: str) -> LossSpec:
+    return MODIFIERS.get(name)
 
 
 class Modifier:
-    """Base class: override ``transform`` (inputs -> inputs) and/or ``weights`` (inputs -> [B])."""
+    """Base class: override ``transform`` (inputs -> inputs) and/or ``weights`` (inputs -> [B]).
+
+    Declared behaviour, read by :class:`ModifiedLoss` (no modifier is known there by name):
+
+    * ``order``: application order (lower first).
+    * ``per_example``: the modifier weights or selects individual examples, so the wrapped loss
+      must be per example (``Needs.per_example``; AOT's sorted losses are not).
+    * ``runs_loss``: the modifier calls the wrapped loss itself through :meth:`run` (beta-DPO
+      chooses the loss's ``beta``); at most one such modifier per loss, and :meth:`check_base`
+      says whether it can wrap a given loss.
+    """
 
     key = "modifier"
     order = 50
+    per_example = False
+    runs_loss = False
 
     def __init__(self):
         self.last_metrics: Dict[str, Tensor] = {}
@@ -126,6 +98,13 @@ class Modifier:
     def weights(self, inputs: LossInputs) -> Optional[Tensor]:
         return None
 
+    def check_base(self, base) -> None:
+        """Raise ``ValueError`` when this modifier cannot wrap the loss ``base``."""
+
+    def run(self, base, inputs: LossInputs, training: bool) -> LossOutput:
+        """Compute the wrapped loss (only for ``runs_loss`` modifiers)."""
+        raise NotImplementedError
+
     def state_dict(self) -> Dict[str, Any]:
         return {}
 
@@ -133,7 +112,7 @@ class Modifier:
         pass
 
     def hparams(self) -> Dict[str, Any]:
-        return {k: getattr(self, k) for k in _MODIFIERS[self.key].defaults}
+        return {k: getattr(self, k) for k in MODIFIERS.specs[self.key].defaults}
 
     def describe(self) -> str:
         return f"{self.key}(" + ", ".join(f"{k}={v}" for k, v in self.hparams().items()) + ")"
@@ -218,6 +197,7 @@ class WPOWeights(Modifier):
     """
 
     order = 60
+    per_example = True
 
     def __init__(self, clamp: bool = True):
         super().__init__()
@@ -263,6 +243,7 @@ class MADPOWeights(Modifier):
     """
 
     order = 60
+    per_example = True
 
     def __init__(self, c_max: float = 2.0, c_min: float = 0.5, lmbda: float = 1.0,
                  tau: float = math.log(0.999 / 0.001)):
@@ -312,6 +293,8 @@ class BetaDPO(Modifier):
     """
 
     order = 30
+    per_example = True
+    runs_loss = True
 
     def __init__(self, a: float = 0.6, rho: float = 0.2, ema: float = 0.9, min_beta: float = 1e-3):
         super().__init__()
@@ -320,6 +303,12 @@ class BetaDPO(Modifier):
         self.a, self.rho, self.ema, self.min_beta = a, rho, ema, min_beta
         self.gap_mean = 0.0
         self.gap_std = 0.0
+
+    def check_base(self, base) -> None:
+        ok = isinstance(base, ConfiguredLoss) and not base.spec.stateful and "beta" in base.hparams
+        if not ok:
+            raise ValueError("beta_dpo needs a single stateless loss with a 'beta' hyperparameter "
+                             f"(e.g. dpo); got {base.describe()}")
 
     def run(self, base: ConfiguredLoss, inputs: LossInputs, training: bool) -> LossOutput:
         h_local = inputs.margin().detach()
@@ -369,12 +358,6 @@ class BetaDPO(Modifier):
 LossLike = Union[ConfiguredLoss, CompositeLoss]
 
 
-def _component_names(loss) -> List[str]:
-    if isinstance(loss, CompositeLoss):
-        return [c.name for _, c in loss.components]
-    return [loss.name]
-
-
 class ModifiedLoss:
     """A loss with modifiers applied; same interface as :class:`ConfiguredLoss`."""
 
@@ -386,22 +369,21 @@ class ModifiedLoss:
         keys = [m.key for m in self.modifiers]
         if len(set(keys)) != len(keys):
             raise ValueError(f"a modifier was given twice: {keys}")
-        names = set(_component_names(base))
-        per_example = [m.key for m in self.modifiers if m.key in ("wpo", "madpo", "beta_dpo")]
-        if per_example and names & _SORTED_LOSSES:
+        per_example = [m.key for m in self.modifiers if m.per_example]
+        if per_example and not base.needs.per_example:
             raise ValueError(
-                f"{sorted(names & _SORTED_LOSSES)} sort the batch, so per-example modifiers "
+                f"{base.name!r} is not per example (it sorts the batch), so per-example modifiers "
                 f"{per_example} cannot apply to it"
             )
-        self._beta = next((m for m in self.modifiers if isinstance(m, BetaDPO)), None)
-        if self._beta is not None:
-            ok = isinstance(base, ConfiguredLoss) and not base.spec.stateful and "beta" in base.hparams
-            if not ok:
-                raise ValueError("beta_dpo needs a single stateless loss with a 'beta' hyperparameter "
-                                 f"(e.g. dpo); got {base.describe()}")
+        runners = [m for m in self.modifiers if m.runs_loss]
+        if len(runners) > 1:
+            raise ValueError(f"modifiers {[m.key for m in runners]} each run the loss; use one of them")
+        for m in self.modifiers:
+            m.check_base(base)
+        self._runner = runners[0] if runners else None
         needs = base.needs
         for m in self.modifiers:
-            needs = needs.union(_MODIFIERS[m.key].needs)
+            needs = needs.union(MODIFIERS.specs[m.key].needs)
         self._needs = needs
         self.training = True
 
@@ -418,8 +400,8 @@ class ModifiedLoss:
         x = inputs
         for m in self.modifiers:
             x = m.transform(x)
-        if self._beta is not None:
-            out = self._beta.run(self.base, x, self.training)
+        if self._runner is not None:
+            out = self._runner.run(self.base, x, self.training)
         else:
             out = self.base(x)
         loss = out.loss
@@ -431,6 +413,10 @@ class ModifiedLoss:
         for m in self.modifiers:
             metrics.update(m.last_metrics)
         return LossOutput(loss, metrics)
+
+    def check_data(self, labels: Optional[Sequence[bool]] = None) -> List[str]:
+        """The wrapped loss's data warnings (see :meth:`ConfiguredLoss.check_data`)."""
+        return _unique(self.base.check_data(labels))
 
     def state_dict(self) -> Dict[str, Any]:
         return {
@@ -492,11 +478,15 @@ def apply_modifiers(
 
 
 def build_loss(config: Union[str, Mapping[str, Any], Sequence[Mapping[str, Any]]]):
-    """Build a loss from a config value: a loss expression, a component list, or a mapping
+    """Build a loss from a config value: the one builder behind the ``loss:`` section.
 
-    ``{"name": "dpo", "beta": 0.1, "modifiers": {"ld_alpha": 0.5}}`` (``name`` may be a sum expression
-    such as ``"dpo + 0.2*sft"``; ``components: [...]`` may replace ``name``). Every other key is a
-    hyperparameter, passed as :func:`dpokit.losses.get_loss` passes them.
+    * a mapping ``{"name": "dpo", "beta": 0.1, "modifiers": {"ld_alpha": 0.5}}``: ``name`` is a loss
+      name, alias or sum expression (``"dpo + 0.2*sft"``);
+    * a mapping ``{"components": [{"name": ..., "weight": ..., **hparams}, ...], ...}``;
+    * a loss expression string, or a component list, as :func:`dpokit.losses.get_loss` takes them.
+
+    In a mapping, give exactly one of ``name`` and ``components``; every other key but
+    ``modifiers`` is a hyperparameter, passed as :func:`dpokit.losses.get_loss` passes them.
     """
     if isinstance(config, str):
         return get_loss(config)
@@ -505,9 +495,13 @@ def build_loss(config: Union[str, Mapping[str, Any], Sequence[Mapping[str, Any]]
     cfg = dict(config)
     modifiers = cfg.pop("modifiers", None)
     if "components" in cfg:
-        name = cfg.pop("components")
+        if "name" in cfg:
+            raise ValueError("give either 'name' or 'components', not both")
+        target = cfg.pop("components")
     elif "name" in cfg:
-        name = cfg.pop("name")
+        target = cfg.pop("name")
     else:
-        raise ValueError(f"loss config needs a 'name' or 'components': {config}")
-    return apply_modifiers(get_loss(name, **cfg), modifiers)
+        raise ValueError("'name' is required (e.g. name: dpo)")
+    if modifiers and not isinstance(modifiers, Mapping):
+        raise ValueError(f"'modifiers' must be a mapping of modifier name to settings, got {modifiers!r}")
+    return apply_modifiers(get_loss(target, **cfg), modifiers)

@@ -97,7 +97,7 @@ def hypo_loss(inputs: LossInputs, beta: float = 0.1, lam: float = 0.05) -> LossO
     PARTIAL: the structure (offline DPO + lambda x KL on online samples, RLOO with k samples) is
     from the abstract and a summary of the paper's hyperparameter table; the exact estimator,
     ``lam`` and ``k`` were not read in the paper or code (``lam`` 0.05 here is a placeholder).
-    Source: Song et al. 2024, arXiv 2406.01462 (METHODS.md G4 and addendum 7).
+    Source: Song et al. 2024, arXiv 2406.01462.
     """
     if beta <= 0:
         raise ValueError(f"hypo: beta must be > 0, got {beta}")
@@ -136,7 +136,7 @@ class OFSDPOLoss:
     to the module with the lower running ``L_dpo``. The slow learning rate is set by the loop.
     PARTIAL: from a third-party re-implementation citing the paper's equations; ``alpha``, the slow
     learning-rate ratio and the swap interval were not verified.
-    Source: Qi et al. 2024, arXiv 2406.05534 (METHODS.md G2, addendum 12).
+    Source: Qi et al. 2024, arXiv 2406.05534.
     """
 
     def __init__(self, beta: float = 0.1, alpha: float = 0.1, ema: float = 0.9):

@@ -1,14 +1,19 @@
-"""Pairwise losses with a reference model: DPO and its closest relatives.
+"""Pairwise losses with a reference model that are functions of the DPO margin alone.
 
-Notation (METHODS.md section 0): ``r(y) = lp(y) - lr(y)`` is the policy/reference log-ratio of a
-completion summed over its tokens, ``h = r(y_w) - r(y_l)`` the DPO margin.
+DPO and its closest relatives (IPO, cDPO, rDPO, hinge, EXO, DiscoPOP, length-normalised DPO): each
+is a function of ``h = r(y_w) - r(y_l)``, possibly per token. Notation: ``docs/losses/notation.md``
+(``r(y) = lp(y) - lr(y)`` summed over completion tokens, ``z = beta * h``). Every loss returns a
+per-example loss [B].
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from ._numerics import capped_exp
 from .base import LossInputs, LossOutput, pairwise_metrics
 from .registry import Needs, register_loss
 
@@ -57,9 +62,7 @@ def ipo_loss(inputs: LossInputs, beta: float = 0.1, length_normalize: bool = Tru
         raise ValueError(f"ipo: beta (tau) must be > 0, got {beta}")
     r_w, r_l = inputs.chosen_logratios(), inputs.rejected_logratios()
     if length_normalize:
-        inputs.require("chosen_lengths", "rejected_lengths")
-        r_w = r_w / inputs.chosen_lengths.to(r_w.dtype).clamp_min(1)
-        r_l = r_l / inputs.rejected_lengths.to(r_l.dtype).clamp_min(1)
+        r_w, r_l = inputs.length_normalized(r_w, "chosen"), inputs.length_normalized(r_l, "rejected")
     loss = (r_w - r_l - 1.0 / (2.0 * beta)) ** 2
     return LossOutput(loss, pairwise_metrics(inputs, beta))
 
@@ -118,4 +121,77 @@ def hinge_loss(inputs: LossInputs, beta: float = 0.1) -> LossOutput:
     TRL ``loss_type="hinge"`` (``relu(1 - beta * logits)``).
     """
     loss = torch.relu(1.0 - beta * inputs.margin())
+    return LossOutput(loss, pairwise_metrics(inputs, beta))
+
+
+@register_loss(
+    "exo",
+    family="pairwise",
+    source="Ji et al. 2024, Towards Efficient Exact Optimization of Language Model Alignment, "
+    "arXiv 2402.00856 (EXO-pref); official haozheji/exact-optimization; TRL loss_type='exo_pair'",
+    needs=PAIRS_WITH_REFERENCE,
+    aliases=("exo_pair",),
+)
+def exo_loss(inputs: LossInputs, beta: float = 0.1, eps: float = 1e-3) -> LossOutput:
+    """EXO (pairwise): ``L = KL(q || [1-eps, eps])`` with ``q = [sig(z), sig(-z)]``, ``z = beta*h``.
+
+    Written out: ``L = sig(z) (logsig(z) - log(1-eps)) + sig(-z) (logsig(-z) - log eps)``.
+    ``eps`` > 0 is required; default 1e-3 (paper, and TRL v0.25, which substitutes 1e-3 when
+    ``label_smoothing`` is 0). TRL HEAD passes ``label_smoothing`` as ``eps`` with no substitute, so
+    its default 0 gives an infinite loss there; set ``eps`` here to TRL's ``label_smoothing`` to match.
+    Source: Ji et al. 2024, arXiv 2402.00856.
+    """
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"exo: eps must be in (0, 1), got {eps}")
+    z = beta * inputs.margin()
+    log_qw, log_ql = F.logsigmoid(z), F.logsigmoid(-z)
+    loss = log_qw.exp() * (log_qw - math.log1p(-eps)) + log_ql.exp() * (log_ql - math.log(eps))
+    return LossOutput(loss, pairwise_metrics(inputs, beta))
+
+
+@register_loss(
+    "discopop",
+    family="pairwise",
+    source="Chris Lu et al. 2024, Discovering Preference Optimization Algorithms with and for Large "
+    "Language Models, arXiv 2406.08414 (LRML); TRL loss_type='discopop'",
+    needs=PAIRS_WITH_REFERENCE,
+)
+def discopop_loss(inputs: LossInputs, beta: float = 0.05, tau: float = 0.05) -> LossOutput:
+    """DiscoPOP / LRML: ``L = (1 - m) (-logsig(z)) + m exp(-z)``, ``m = sig(z/tau)``, ``z = beta*h``.
+
+    A log-ratio-modulated blend of the logistic and exponential losses. Defaults ``beta`` 0.05 and
+    ``tau`` 0.05 (paper, TRL doc; TRL calls ``tau`` ``discopop_tau``). Computed as
+    ``m exp(-z) = exp(logsig(z/tau) - z)`` with a clamped exponent: the same value as TRL
+    ``loss_type="discopop"`` wherever TRL's is finite; for very negative ``z`` TRL computes
+    ``0 * inf = nan`` where this returns the finite limit.
+    Source: Lu et al. 2024, arXiv 2406.08414.
+    """
+    if tau <= 0:
+        raise ValueError(f"discopop: tau must be > 0, got {tau}")
+    z = beta * inputs.margin()
+    logistic = -F.logsigmoid(z)
+    exp_part = capped_exp(F.logsigmoid(z / tau) - z)
+    loss = torch.sigmoid(-z / tau) * logistic + exp_part
+    return LossOutput(loss, pairwise_metrics(inputs, beta))
+
+
+@register_loss(
+    "sigmoid_norm",
+    family="pairwise",
+    source="TRL DPOTrainer loss_type='sigmoid_norm' (length-normalised DPO); cf. SimPO, "
+    "Meng et al. 2024, arXiv 2405.14734",
+    needs=PAIRS_WITH_REFERENCE,
+)
+def sigmoid_norm_loss(inputs: LossInputs, beta: float = 0.1) -> LossOutput:
+    """Length-normalised DPO: ``L = -logsig(beta (r_w/|y_w| - r_l/|y_l|))``.
+
+    DPO on per-token log-ratios (policy minus reference, each divided by its completion length,
+    lengths clamped to >= 1). TRL's ``sigmoid_norm`` divides its (reference-adjusted) scores by the
+    completion-token count in the same way. With the reference log-probs set to zero it equals
+    ``simpo`` with ``gamma = 0``. Reward metrics use ``beta * r`` (un-normalised), as TRL logs them.
+    Source: TRL ``loss_type="sigmoid_norm"``.
+    """
+    r_w = inputs.length_normalized(inputs.chosen_logratios(), "chosen")
+    r_l = inputs.length_normalized(inputs.rejected_logratios(), "rejected")
+    loss = -F.logsigmoid(beta * (r_w - r_l))
     return LossOutput(loss, pairwise_metrics(inputs, beta))

@@ -43,9 +43,15 @@ class Needs:
     * ``batch_coupled``: the loss of one example depends on others in the batch (sorting, batch
       statistics); gradient accumulation is then not equivalent to a larger batch, and the
       loss gathers across processes when run distributed.
+    * ``per_example``: entry ``i`` of the returned loss belongs to example ``i`` (True for almost
+      every loss). False for losses that sort the batch (AOT): only their batch mean is
+      meaningful, so modifiers that weight or select examples refuse them.
     * ``extras``: names of per-example data fields the loss reads from ``LossInputs.extras``.
     * ``mismatched_kl``: (unpaired data) log-probs of mismatched completions ``(x_i, y_{i-1})``
       under policy and reference, for KTO's KL estimate (``LossInputs.kl_*_logps``).
+    * ``prompt_logps``: (pairs) the policy's summed log-probs of the prompt tokens after the first
+      (``LossInputs.policy_prompt_logps``, ``prompt_lengths``), for an NLL term over prompt and
+      response (ORPO as its authors and TRL compute it).
     """
 
     reference: bool = True
@@ -53,12 +59,16 @@ class Needs:
     token_logps: bool = False
     token_stats: Tuple[str, ...] = ()
     batch_coupled: bool = False
+    per_example: bool = True
     extras: Tuple[str, ...] = ()
     mismatched_kl: bool = False
+    prompt_logps: bool = False
 
     def __post_init__(self):
         if self.data not in DATA_KINDS:
             raise ValueError(f"Needs.data must be one of {DATA_KINDS}, got {self.data!r}")
+        if self.prompt_logps and self.data != "pairs":
+            raise ValueError(f"Needs.prompt_logps is computed for pairs only, not for {self.data}")
 
     def union(self, other: "Needs") -> "Needs":
         if self.data != other.data:
@@ -69,8 +79,10 @@ class Needs:
             token_logps=self.token_logps or other.token_logps,
             token_stats=tuple(sorted(set(self.token_stats) | set(other.token_stats))),
             batch_coupled=self.batch_coupled or other.batch_coupled,
+            per_example=self.per_example and other.per_example,
             extras=tuple(sorted(set(self.extras) | set(other.extras))),
             mismatched_kl=self.mismatched_kl or other.mismatched_kl,
+            prompt_logps=self.prompt_logps or other.prompt_logps,
         )
 
     def as_dict(self) -> Dict[str, Any]:
@@ -80,13 +92,28 @@ class Needs:
             "token_logps": self.token_logps,
             "token_stats": list(self.token_stats),
             "batch_coupled": self.batch_coupled,
+            "per_example": self.per_example,
             "extras": list(self.extras),
             "mismatched_kl": self.mismatched_kl,
+            "prompt_logps": self.prompt_logps,
         }
+
+
+NeedsLike = Union[Needs, Callable[..., Needs]]
+DataCheck = Callable[..., List[str]]
 
 
 @dataclass
 class LossSpec:
+    """A registered loss or modifier: its implementation and everything declared about it.
+
+    ``needs`` is what the implementation needs with its default hyperparameters; a loss whose needs
+    depend on a hyperparameter registers a function of the hyperparameters (``needs_fn``), and
+    :meth:`needs_for` gives the needs of a configured instance. ``data_check(labels, **hparams)``
+    (optional) returns warnings about the training data, see :meth:`ConfiguredLoss.check_data`.
+    ``shorthand`` (modifiers) names the hyperparameter that a bare number in the config sets.
+    """
+
     name: str
     impl: Callable
     needs: Needs
@@ -96,10 +123,18 @@ class LossSpec:
     aliases: Tuple[str, ...] = ()
     summary: str = ""
     verified: str = "verified"
+    needs_fn: Optional[Callable[..., Needs]] = None
+    data_check: Optional[DataCheck] = None
+    shorthand: Optional[str] = None
 
     @property
     def stateful(self) -> bool:
         return inspect.isclass(self.impl)
+
+    def needs_for(self, hparams: Dict[str, Any]) -> Needs:
+        if self.needs_fn is None:
+            return self.needs
+        return self.needs_fn(**{**self.defaults, **hparams})
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -114,8 +149,51 @@ class LossSpec:
         }
 
 
-_REGISTRY: Dict[str, LossSpec] = {}
-_ALIASES: Dict[str, str] = {}
+ModifierSpec = LossSpec  # modifiers are registered with the same spec class
+
+
+class Registry:
+    """Names and aliases -> :class:`LossSpec`, with a did-you-mean error for unknown names."""
+
+    def __init__(self, kind: str, hint: str = ""):
+        self.kind = kind
+        self.hint = hint
+        self.specs: Dict[str, LossSpec] = {}
+        self.aliases: Dict[str, str] = {}
+
+    def add(self, spec: LossSpec) -> None:
+        if not inspect.getdoc(spec.impl):
+            raise TypeError(f"{self.kind} {spec.name!r} must have a docstring with its formula and source")
+        if spec.name in self.specs or spec.name in self.aliases:
+            raise ValueError(f"{self.kind} {spec.name!r} is already registered")
+        for alias in spec.aliases:
+            if alias in self.specs or alias in self.aliases:
+                raise ValueError(f"alias {alias!r} is already registered")
+        self.specs[spec.name] = spec
+        for alias in spec.aliases:
+            self.aliases[alias] = spec.name
+
+    def resolve(self, name: str) -> str:
+        name = name.strip()
+        if name in self.specs:
+            return name
+        if name in self.aliases:
+            return self.aliases[name]
+        choices = sorted(self.specs) + sorted(self.aliases)
+        close = difflib.get_close_matches(name, choices, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {choices}"
+        raise KeyError(f"unknown {self.kind} {name!r}{hint}{self.hint}")
+
+    def get(self, name: str) -> LossSpec:
+        return self.specs[self.resolve(name)]
+
+    def all(self) -> List[LossSpec]:
+        return [self.specs[n] for n in sorted(self.specs)]
+
+
+LOSSES = Registry("loss", " (run `dpokit losses` for the list)")
+_REGISTRY: Dict[str, LossSpec] = LOSSES.specs
+_ALIASES: Dict[str, str] = LOSSES.aliases
 
 
 def _hyperparameter_defaults(impl: Callable) -> Dict[str, Any]:
@@ -132,62 +210,62 @@ def _hyperparameter_defaults(impl: Callable) -> Dict[str, Any]:
     return defaults
 
 
+def make_spec(name: str, impl: Callable, *, family: str, source: str, needs: NeedsLike,
+              aliases: Sequence[str] = (), verified: str = "verified", **extra) -> LossSpec:
+    """Build the spec of ``impl``: hyperparameters from its signature, summary from its docstring."""
+    defaults = _hyperparameter_defaults(impl)
+    needs_fn = None if isinstance(needs, Needs) else needs
+    doc = inspect.getdoc(impl) or ""
+    return LossSpec(
+        name=name,
+        impl=impl,
+        needs=needs if needs_fn is None else needs_fn(**defaults),
+        source=source,
+        family=family,
+        defaults=defaults,
+        aliases=tuple(aliases),
+        summary=doc.splitlines()[0] if doc else "",
+        verified=verified,
+        needs_fn=needs_fn,
+        **extra,
+    )
+
+
 def register_loss(
     name: str,
     *,
     family: str,
     source: str,
-    needs: Needs = Needs(),
+    needs: NeedsLike = Needs(),
     aliases: Sequence[str] = (),
     verified: str = "verified",
+    data_check: Optional[DataCheck] = None,
 ):
-    """Decorator registering a loss function or stateful loss class under ``name``."""
+    """Decorator registering a loss function or stateful loss class under ``name``.
+
+    ``family`` is the name of the module that holds the loss (one docs page per family).
+    ``needs`` is a :class:`Needs`, or a function of the hyperparameters returning one.
+    ``data_check(labels, **hparams) -> [warning, ...]`` checks the training data (optional).
+    """
 
     def decorator(impl):
-        if name in _REGISTRY or name in _ALIASES:
-            raise ValueError(f"loss {name!r} is already registered")
-        doc = inspect.getdoc(impl) or ""
-        if not doc:
-            raise TypeError(f"loss {name!r} must have a docstring with its formula and source")
-        spec = LossSpec(
-            name=name,
-            impl=impl,
-            needs=needs,
-            source=source,
-            family=family,
-            defaults=_hyperparameter_defaults(impl),
-            aliases=tuple(aliases),
-            summary=doc.splitlines()[0],
-            verified=verified,
-        )
-        _REGISTRY[name] = spec
-        for alias in aliases:
-            if alias in _REGISTRY or alias in _ALIASES:
-                raise ValueError(f"alias {alias!r} is already registered")
-            _ALIASES[alias] = name
+        LOSSES.add(make_spec(name, impl, family=family, source=source, needs=needs, aliases=aliases,
+                             verified=verified, data_check=data_check))
         return impl
 
     return decorator
 
 
 def resolve_name(name: str) -> str:
-    name = name.strip()
-    if name in _REGISTRY:
-        return name
-    if name in _ALIASES:
-        return _ALIASES[name]
-    choices = sorted(_REGISTRY) + sorted(_ALIASES)
-    close = difflib.get_close_matches(name, choices, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise KeyError(f"unknown loss {name!r}{hint} (run `dpokit losses` for the list)")
+    return LOSSES.resolve(name)
 
 
 def get_spec(name: str) -> LossSpec:
-    return _REGISTRY[resolve_name(name)]
+    return LOSSES.get(name)
 
 
 def list_losses() -> List[LossSpec]:
-    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+    return LOSSES.all()
 
 
 class ConfiguredLoss:
@@ -202,6 +280,7 @@ class ConfiguredLoss:
             )
         self.spec = spec
         self.hparams = {**spec.defaults, **hparams}
+        self._needs = spec.needs_for(self.hparams)
         self._instance = spec.impl(**self.hparams) if spec.stateful else None
         self.training = True
 
@@ -211,7 +290,16 @@ class ConfiguredLoss:
 
     @property
     def needs(self) -> Needs:
-        return self.spec.needs
+        return self._needs
+
+    def check_data(self, labels: Optional[Sequence[bool]] = None) -> List[str]:
+        """Warnings about the training data for this loss (empty when it has none to give).
+
+        ``labels``: one bool per training example for unpaired data (True = desirable), else None.
+        """
+        if self.spec.data_check is None:
+            return []
+        return list(self.spec.data_check(labels, **self.hparams))
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
         if self._instance is not None:
@@ -258,6 +346,10 @@ class CompositeLoss:
     def needs(self) -> Needs:
         return self._needs
 
+    def check_data(self, labels: Optional[Sequence[bool]] = None) -> List[str]:
+        """The warnings of every component (see :meth:`ConfiguredLoss.check_data`), without repeats."""
+        return _unique(w for _, loss in self.components for w in loss.check_data(labels))
+
     def __call__(self, inputs: LossInputs) -> LossOutput:
         total = None
         metrics: Dict[str, torch.Tensor] = {}
@@ -281,6 +373,10 @@ class CompositeLoss:
 
     def describe(self) -> str:
         return " + ".join(f"{w:g}*{loss.describe()}" for w, loss in self.components)
+
+
+def _unique(items: Iterable[str]) -> List[str]:
+    return list(dict.fromkeys(items))
 
 
 _TERM = re.compile(r"^\s*(?:(?P<weight>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?(?P<name>[A-Za-z_][\w\-]*)\s*$")

@@ -1,7 +1,7 @@
-"""DPO with a regulariser built in: RPO (Liu et al.), Flex-DPO and SFT-DPO (3D-properties), phi-DPO.
+"""DPO with a regulariser built in (RPO, Flex-DPO, SFT-DPO, phi-DPO) and the bare ``sft`` term.
 
-Notation (METHODS.md section 0): ``r(y) = lp(y) - lr(y)``, ``h = r_w - r_l``, ``z = beta*h``.
-For a bare SFT term to add to any loss, see ``sft`` (``"dpo + 0.2*sft"``).
+Notation (``docs/losses/notation.md``): ``r(y) = lp(y) - lr(y)``, ``h = r_w - r_l``, ``z = beta*h``.
+``sft`` is a term to add to any loss by composition (``"dpo + 0.2*sft"``) rather than used alone.
 """
 
 from __future__ import annotations
@@ -68,9 +68,7 @@ def flex_dpo_loss(inputs: LossInputs, beta_w: float = 0.1, beta_l: float = 0.08)
     """
     rw, rl = beta_w * inputs.chosen_logratios(), beta_l * inputs.rejected_logratios()
     loss = -F.logsigmoid(rw - rl)
-    metrics = reward_metrics(rw, rl)
-    metrics["logps/chosen"] = inputs.policy_chosen_logps.detach().mean()
-    metrics["logps/rejected"] = inputs.policy_rejected_logps.detach().mean()
+    metrics = reward_metrics(rw, rl, inputs)
     return LossOutput(loss, metrics)
 
 
@@ -122,3 +120,26 @@ def phi_dpo_loss(
         loss = loss + sft_weight * nll
         metrics["nll_loss"] = nll.detach().mean()
     return LossOutput(loss, metrics)
+
+
+@register_loss(
+    "sft",
+    family="regularized",
+    source="Negative log-likelihood of the chosen completion, as TRL's loss_type='sft' "
+    "(used by RPO/MPO recipes, e.g. MPO arXiv 2411.10442)",
+    needs=Needs(reference=False, data="pairs"),
+    aliases=("nll",),
+)
+def sft_loss(inputs: LossInputs, length_normalize: bool = True) -> LossOutput:
+    """SFT term: ``L = -lp(y_w)/|y_w|`` (token mean, TRL's ``sft``) or ``-lp(y_w)`` (sum).
+
+    Compose it with a preference loss, e.g. ``"dpo + 0.2*sft"``. TRL pools the token mean over all
+    chosen tokens of the batch; this averages per example first (equal when lengths are equal).
+    Source: negative log-likelihood of the chosen completion; TRL ``loss_type="sft"``.
+    """
+    if length_normalize:
+        nll = -inputs.mean_logps("chosen")
+    else:
+        inputs.require("policy_chosen_logps")
+        nll = -inputs.policy_chosen_logps
+    return LossOutput(nll, {"nll": nll.detach().mean()})

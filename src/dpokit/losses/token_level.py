@@ -40,15 +40,6 @@ def _token_stat(inputs: LossInputs, key: str, loss: str) -> Tensor:
     return value
 
 
-def _metrics_with_logps(inputs: LossInputs, chosen_rewards: Tensor, rejected_rewards: Tensor):
-    metrics = reward_metrics(chosen_rewards, rejected_rewards)
-    if inputs.policy_chosen_logps is not None:
-        metrics["logps/chosen"] = inputs.policy_chosen_logps.detach().mean()
-    if inputs.policy_rejected_logps is not None:
-        metrics["logps/rejected"] = inputs.policy_rejected_logps.detach().mean()
-    return metrics
-
-
 # ------------------------------------------------------------------------------------------------
 @register_loss(
     "tdpo",
@@ -83,7 +74,7 @@ def tdpo_loss(inputs: LossInputs, beta: float = 0.1, alpha: float = 0.5, tdpo2: 
     else:
         logits = (r_w - r_l) - (kl_l - kl_w)
     loss = -F.logsigmoid(beta * logits)
-    metrics = _metrics_with_logps(inputs, beta * (r_w + kl_w), beta * (r_l + kl_l))
+    metrics = reward_metrics(beta * (r_w + kl_w), beta * (r_l + kl_l), inputs)
     metrics["kl/chosen"] = kl_w.detach().mean()
     metrics["kl/rejected"] = kl_l.detach().mean()
     return LossOutput(loss, metrics)
@@ -116,7 +107,7 @@ def token_dpo_loss(inputs: LossInputs, beta: float = 0.1) -> LossOutput:
     r_w = masked_sum(w_w * (lp_w - lr_w), m_w)
     r_l = masked_sum(w_l * (lp_l - lr_l), m_l)
     loss = -F.logsigmoid(beta * (r_w - r_l))
-    return LossOutput(loss, _metrics_with_logps(inputs, beta * r_w, beta * r_l))
+    return LossOutput(loss, reward_metrics(beta * r_w, beta * r_l, inputs))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,7 +183,7 @@ def tab_po_loss(
     Defaults (official ``Config``): ``beta`` 0.5, ``tau`` 0.66, ``lam`` 0.5; official token weights
     1.1/1.2/1.1 by JSON field type and a diff-token multiplier 1.2 (see :func:`diff_token_weights`).
     The official reference is the same LoRA model with the adapter disabled (the SFT model).
-    Source: official code ``SarielMa/TAB-PO`` (METHODS.md addendum 3), arXiv 2603.00025.
+    Source: official code ``SarielMa/TAB-PO``, arXiv 2603.00025.
     """
     if not 0.0 < tau <= 1.0:
         raise ValueError(f"tab_po: tau must be in (0, 1], got {tau}")
@@ -218,7 +209,7 @@ def tab_po_loss(
     gw = barrier_w * gate
     barrier = (gw * -lp_w).sum(-1) / gw.sum(-1).clamp_min(1.0)
     loss = pref + lam * barrier
-    metrics = _metrics_with_logps(inputs, beta * (s_w - sr_w), beta * (s_l - sr_l))
+    metrics = reward_metrics(beta * (s_w - sr_w), beta * (s_l - sr_l), inputs)
     metrics["tab_po/barrier"] = barrier.detach().mean()
     metrics["tab_po/gated_fraction"] = (gate.sum() / m_w.to(gate.dtype).sum().clamp_min(1)).detach()
     return LossOutput(loss, metrics)

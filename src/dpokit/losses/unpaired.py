@@ -10,7 +10,7 @@ unpaired examples by the data layer (chosen -> desirable, rejected -> undesirabl
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -52,31 +52,52 @@ def _unpaired_metrics(rewards: Tensor, labels: Tensor, inputs: LossInputs) -> Di
     return metrics
 
 
-def kto_weight_warning(
+def kto_balance_problem(
     n_desirable: int, n_undesirable: int, lam_D: float = 1.0, lam_U: float = 1.0
 ) -> Optional[str]:
-    """Check KTO's class-balance rule; warn (and return the message) when it is broken.
+    """KTO's class-balance rule: the problem with the counts and weights, or None when they keep it.
 
-    The KTO paper (Eq. 8) and TRL recommend ``lam_D * n_D / (lam_U * n_U)`` in ``[1, 4/3]``. Call it once
-    with the dataset's counts. Returns None when the ratio is inside the range.
+    The KTO paper (Eq. 8) and TRL recommend ``lam_D * n_D / (lam_U * n_U)`` in ``[1, 4/3]``.
     """
     if n_desirable <= 0 or n_undesirable <= 0:
-        msg = (f"KTO data has {n_desirable} desirable and {n_undesirable} undesirable examples; "
-               "both kinds are needed")
-        warnings.warn(msg)
-        return msg
+        return (f"KTO data has {n_desirable} desirable and {n_undesirable} undesirable examples; "
+                "both kinds are needed")
     ratio = lam_D * n_desirable / (lam_U * n_undesirable)
     if 1.0 <= ratio <= 4.0 / 3.0:
         return None
     lo = n_undesirable * lam_U / n_desirable
     hi = 4.0 / 3.0 * n_undesirable * lam_U / n_desirable
-    msg = (
+    return (
         f"KTO: desirable_weight*n_desirable / (undesirable_weight*n_undesirable) = {ratio:.3f} is outside "
         f"[1, 4/3] (n_desirable={n_desirable}, n_undesirable={n_undesirable}); with "
         f"undesirable_weight={lam_U:g}, choose desirable_weight in [{lo:.3f}, {hi:.3f}]"
     )
-    warnings.warn(msg)
+
+
+def kto_weight_warning(
+    n_desirable: int, n_undesirable: int, lam_D: float = 1.0, lam_U: float = 1.0
+) -> Optional[str]:
+    """Check KTO's class-balance rule; warn (and return the message) when it is broken.
+
+    See :func:`kto_balance_problem`. Call it once with the dataset's counts. Returns None when the
+    ratio is inside the range. A built loss does the same through ``loss.check_data(labels)``.
+    """
+    msg = kto_balance_problem(n_desirable, n_undesirable, lam_D, lam_U)
+    if msg:
+        warnings.warn(msg)
     return msg
+
+
+def check_class_balance(
+    labels: Optional[Sequence[bool]], desirable_weight: float = 1.0, undesirable_weight: float = 1.0, **_
+) -> List[str]:
+    """``data_check`` of the losses with KTO's desirable/undesirable weights (no warning is raised)."""
+    if labels is None:
+        return []
+    labels = [bool(x) for x in labels]
+    desirable = sum(labels)
+    msg = kto_balance_problem(desirable, len(labels) - desirable, desirable_weight, undesirable_weight)
+    return [msg] if msg else []
 
 
 @register_loss(
@@ -85,6 +106,7 @@ def kto_weight_warning(
     source="Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, "
     "arXiv 2402.01306; TRL KTOTrainer (loss_type='kto'); HALOs KTOTrainer",
     needs=Needs(reference=True, data="unpaired", batch_coupled=True, mismatched_kl=True),
+    data_check=check_class_balance,
 )
 def kto_loss(
     inputs: LossInputs,
@@ -120,6 +142,7 @@ def kto_loss(
     source="D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive Revisions, "
     "arXiv 2408.06266; TRL KTOTrainer loss_type='apo_zero_unpaired'",
     needs=Needs(reference=True, data="unpaired"),
+    data_check=check_class_balance,
 )
 def apo_zero_unpaired_loss(
     inputs: LossInputs,

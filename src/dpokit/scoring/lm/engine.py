@@ -4,7 +4,8 @@
 
 The engine computes exactly what the loss declares in its ``Needs``: reference log-probs only for
 losses that use a reference, per-vocabulary statistics only when asked for, the KTO mismatched
-batch only for losses that read it. The layout (padded, packed, prompt-shared) is a config switch.
+batch only for losses that read it, the prompt's own log-probs only for losses that set
+``Needs.prompt_logps``. The layout (padded, packed, prompt-shared) is a config switch.
 """
 
 from __future__ import annotations
@@ -78,10 +79,22 @@ class LogProbEngine:
         needs = self.needs
         if needs.reference and reference is None:
             raise ValueError("this loss needs a reference model but none is configured")
-        policy_lp = self.token_logprobs(policy, batch.groups, needs.token_stats, reference)
+        if needs.prompt_logps and batch.kind != "pairs":
+            raise ValueError(f"prompt log-probs are computed for pairs only; this batch holds {batch.kind}")
+        groups = list(batch.groups)
+        if needs.prompt_logps:
+            groups += _prompt_groups(batch.groups)
+        policy_lp = self.token_logprobs(policy, groups, needs.token_stats, reference)
+        prompt_lp = None
+        if needs.prompt_logps:
+            rows = sum(len(completions) for _, completions in batch.groups)
+            policy_lp, prompt_lp = policy_lp.rows(slice(0, rows)), policy_lp.rows(slice(rows, None))
         ref_lp = reference.token_logprobs(self, batch) if needs.reference else None
         if batch.kind == "pairs":
             inputs = _pair_inputs(policy_lp, ref_lp)
+            if prompt_lp is not None:
+                inputs.policy_prompt_logps = prompt_lp.sums
+                inputs.prompt_lengths = prompt_lp.lengths.to(prompt_lp.token_logps.dtype)
         elif batch.kind == "unpaired":
             inputs = _unpaired_inputs(policy_lp, ref_lp, batch.labels)
             if needs.mismatched_kl:
@@ -104,6 +117,16 @@ class LogProbEngine:
             kl_policy = self.token_logprobs(policy, mismatched).sums
             kl_reference = reference.token_logprobs(self, mismatched_batch, cache=False).sums if reference else None
         return inputs.replace(kl_policy_logps=kl_policy, kl_reference_logps=kl_reference)
+
+
+def _prompt_groups(groups: Sequence[Group]) -> list:
+    """One extra row per group: the prompt's tokens after the first, predicted from those before.
+
+    Row ``(x[:1], [x[1:]])`` has exactly the context of the prompt part of every ``x + y`` row, so
+    its log-probs are those of the prompt tokens in the chosen sequence under any layout. It runs
+    in the same forward as the pairs (one pass per step, as distributed wrappers expect).
+    """
+    return [(list(prompt[:1]), [list(prompt[1:])]) for prompt, _ in groups]
 
 
 def _split(lp: Optional[TokenLogprobs], stride: int, offset: int) -> Optional[TokenLogprobs]:

@@ -166,3 +166,23 @@ def test_gradcheck_bco_eval():
     loss.training = False
     lp = x.policy_logps.clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda a: loss(x.replace(policy_logps=a)).loss, (lp,))
+
+
+def test_check_data_hook_reports_kto_class_balance():
+    balanced = [True] * 10 + [False] * 9
+    assert get_loss("kto").check_data(balanced) == []
+    warnings_out = get_loss("kto").check_data([True] * 2 + [False] * 8)
+    assert len(warnings_out) == 1 and "outside [1, 4/3]" in warnings_out[0] and "n_desirable=2" in warnings_out[0]
+    # the weights count: desirable_weight 4 fixes 2 vs 8
+    assert get_loss("kto", desirable_weight=4.0).check_data([True] * 2 + [False] * 8) == []
+    assert "both kinds" in get_loss("apo_zero_unpaired").check_data([True] * 3)[0]
+    assert get_loss("bco").check_data([True] * 3) == []  # no class-balance rule for BCO
+    assert get_loss("kto").check_data(None) == []
+    labels = [True] + [False] * 5
+    assert len(get_loss("kto + apo_zero_unpaired").check_data(labels)) == 1  # same weights: one message
+    composite = get_loss([{"name": "kto"}, {"name": "apo_zero_unpaired", "desirable_weight": 2.0}])
+    assert len(composite.check_data(labels)) == 2
+    assert get_loss("dpo").check_data() == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the hook returns its messages and raises no warning
+        get_loss("kto").check_data([True] * 2 + [False] * 8)

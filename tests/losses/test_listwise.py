@@ -9,6 +9,8 @@ import torch
 
 from dpokit.losses import LossInputs, get_loss
 
+from .references import np_logsig as logsig
+
 LISTWISE = ["plackett_luce", "lipo_lambda", "rankdpo", "irpo", "adpo", "infonca", "nca_list", "exo_list",
             "tpo_list"]
 
@@ -38,10 +40,6 @@ def np_lists(inputs):
         r = (inputs.list_policy_logps[b] - inputs.list_reference_logps[b]).detach().numpy()[m]
         out.append((r, inputs.list_scores[b].numpy()[m], inputs.list_lengths[b].numpy()[m]))
     return out
-
-
-def logsig(x):
-    return -np.logaddexp(0.0, -x)
 
 
 def lse(x):

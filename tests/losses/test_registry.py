@@ -1,7 +1,10 @@
-"""Registry-wide checks: every loss and modifier is documented, sourced, defaulted, and runs on
-random inputs holding only what its Needs declare, with finite values and gradients."""
+"""Registry-wide checks: every loss and modifier is documented, sourced, defaulted, lives in the module
+its family names, and runs on random inputs holding only what its Needs declare, with finite values
+and gradients."""
 
 import inspect
+import pathlib
+import sys
 
 import pytest
 import torch
@@ -14,18 +17,22 @@ from .conftest import make_inputs
 ALL = [s.name for s in list_losses()]
 
 EXPECTED = {
-    # name: family
+    # name: family (= the module under dpokit.losses that holds it)
     "dpo": "pairwise", "ipo": "pairwise", "cdpo": "pairwise", "rdpo": "pairwise", "hinge": "pairwise",
-    "fdpo": "pairwise", "exo": "pairwise", "nca": "pairwise", "bco_pair": "pairwise",
-    "sppo_hard": "pairwise", "sppo": "pairwise", "aot": "pairwise", "aot_unpaired": "pairwise",
-    "apo_zero": "pairwise", "apo_down": "pairwise", "discopop": "pairwise", "cal_dpo": "pairwise",
-    "sigmoid_norm": "pairwise", "modpo": "pairwise",
+    "exo": "pairwise", "discopop": "pairwise", "sigmoid_norm": "pairwise",
+    "fdpo": "divergence",
+    "nca": "anchored", "bco_pair": "anchored", "sppo_hard": "anchored", "sppo": "anchored",
+    "apo_zero": "anchored", "apo_down": "anchored", "cal_dpo": "anchored",
+    "aot": "distributional", "aot_unpaired": "distributional",
+    "modpo": "multi_objective", "sem_dpo": "multi_objective",
     "simpo": "reference_free", "cpo": "reference_free", "alphapo": "reference_free",
     "orpo": "reference_free", "asft": "reference_free",
     "rpo": "regularized", "flex_dpo": "regularized", "sft_dpo": "regularized", "phi_dpo": "regularized",
-    "sft": "regularizer",
+    "sft": "regularized",
     "kto": "unpaired", "bco": "unpaired", "apo_zero_unpaired": "unpaired",
     "tdpo": "token_level", "token_dpo": "token_level", "tab_po": "token_level",
+    "xpo": "online", "hypo": "online", "ofs_dpo": "online",
+    "plackett_luce": "listwise", "tpo_list": "listwise",
 }
 
 TRL_NAMES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -96,7 +103,8 @@ def test_runs_on_inputs_matching_needs(name, seed):
 
 @pytest.mark.parametrize("modifier", [m.name for m in L.list_modifiers()])
 def test_modifier_metadata_and_run(modifier):
-    spec = L.catalog.modifiers.get_modifier_spec(modifier)
+    spec = L.modifiers.get_modifier_spec(modifier)
+    assert spec.family == "modifiers" and spec.impl.__module__ == "dpokit.losses.modifiers"
     assert inspect.getdoc(spec.impl) and spec.source
     loss_fn = L.apply_modifiers(get_loss("dpo"), {modifier: True})
     inputs = make_inputs(loss_fn.needs)
@@ -109,17 +117,41 @@ def test_public_helpers_exposed():
         assert callable(getattr(L, name))
 
 
-DOC_PAGE = {"pairwise": "pairwise.md", "reference_free": "reference_free.md", "regularized": "regularized.md",
-            "regularizer": "regularized.md", "unpaired": "unpaired.md", "token_level": "token_level.md",
-            "online": "online.md", "listwise": "listwise.md"}
-DOCS = __import__("pathlib").Path(__file__).resolve().parents[2] / "docs" / "losses"
+PUBLIC = ("LossInputs", "LossOutput", "Needs", "LossSpec", "ConfiguredLoss", "CompositeLoss", "get_loss", "get_spec",
+          "list_losses", "parse_loss_expression", "register_loss", "resolve_name", "pairwise_metrics",
+          "reward_metrics", "ModifiedLoss", "apply_modifiers", "build_loss", "list_modifiers", "kto_weight_warning",
+          "diff_token_weights")
 
 
-@pytest.mark.skipif(not DOCS.is_dir(), reason="docs not present")
+def test_public_names_are_exported_explicitly():
+    for name in PUBLIC:
+        assert name in L.__all__ and getattr(L, name) is not None, name
+    assert "catalog" not in dir(L) and "dpokit.losses.catalog" not in sys.modules
+
+
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "losses"
+SRC = pathlib.Path(L.__file__).resolve().parent
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_family_is_the_module_name(name):
+    spec = get_spec(name)
+    assert spec.impl.__module__ == f"dpokit.losses.{spec.family}", (name, spec.impl.__module__)
+
+
+def test_one_docs_page_per_family_module():
+    families = {s.family for s in list_losses()} | {"modifiers"}
+    assert {m.__name__.rsplit(".", 1)[1] for m in L.FAMILIES} | {"modifiers"} == families
+    for family in families:
+        assert (SRC / f"{family}.py").is_file(), family
+        assert (DOCS / f"{family}.md").is_file(), family
+    assert (DOCS / "notation.md").is_file()
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_documented(name):
     spec = get_spec(name)
-    page = (DOCS / DOC_PAGE[spec.family]).read_text()
+    page = (DOCS / f"{spec.family}.md").read_text()
     assert f"`{name}`" in page
     for alias in spec.aliases:
         assert f"`{alias}`" in page, alias
@@ -127,10 +159,15 @@ def test_documented(name):
         assert f"`{hp}`" in page, hp
 
 
-@pytest.mark.skipif(not DOCS.is_dir(), reason="docs not present")
 def test_modifiers_documented():
     page = (DOCS / "modifiers.md").read_text()
     for spec in L.list_modifiers():
         assert f"`{spec.name}`" in page
         for hp in spec.defaults:
             assert f"`{hp}`" in page, hp
+
+
+def test_no_dangling_references_to_files_outside_the_repository():
+    for path in sorted(SRC.glob("*.py")) + sorted(DOCS.glob("*.md")):
+        text = path.read_text()
+        assert "METHODS" not in text and "../shared" not in text, path.name
