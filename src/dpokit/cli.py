@@ -29,7 +29,12 @@ def cmd_train(args) -> int:
     from .train.checkpoint import CheckpointError
     from .train.trainer import NonFiniteError
 
-    config = load_config(args.config, args.set or [])
+    if args.from_trl:  # a `trl dpo --config FILE` YAML, translated (dpokit.from_trl)
+        from .from_trl import load_trl_config
+
+        config = load_trl_config(args.from_trl, args.set or [])
+    else:
+        config = load_config(args.config, args.set or [])
     try:
         if config.online.strategy:  # generate -> judge -> train rounds (dpokit.online.loop)
             from .online.loop import run_online
@@ -98,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a YAML config")
-    p.add_argument("config", help="path to a YAML config (see examples/)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("config", nargs="?", help="path to a YAML config (see examples/)")
+    source.add_argument("--from-trl", metavar="FILE", help="train from the YAML of `trl dpo --config FILE` "
+                        "(see docs/migrating-from-trl.md)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-6")
     p.add_argument("--resume", action="store_true", help="continue from the latest valid checkpoint in output_dir")
     p.set_defaults(func=cmd_train)
