@@ -28,7 +28,12 @@ def cmd_train(args) -> int:
     from .preflight import checked_config
     from .train import Trainer
 
-    config = checked_config(args.config, args.set or [])  # every check, before any model loads
+    if args.from_trl:  # a `trl dpo --config FILE` YAML, translated (dpokit.from_trl)
+        from .from_trl import load_trl_config
+
+        config = load_trl_config(args.from_trl, args.set or [])
+    else:
+        config = checked_config(args.config, args.set or [])  # every check, before any model loads
     online = bool(config.online.strategy)  # generate -> judge -> train rounds (dpokit.online.loop)
     try:
         result = run_online(config, resume=args.resume) if online else Trainer(config).fit(resume=args.resume)
@@ -93,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a YAML config")
-    p.add_argument("config", help="path to a YAML config (see examples/)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("config", nargs="?", help="path to a YAML config (see examples/)")
+    source.add_argument("--from-trl", metavar="FILE", help="train from the YAML of `trl dpo --config FILE` "
+                        "(see docs/migrating-from-trl.md)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-6")
     p.add_argument("--resume", action="store_true", help="continue from the latest valid checkpoint in output_dir")
     p.set_defaults(func=cmd_train)
