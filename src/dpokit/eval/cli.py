@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
+from typing import Any, Dict, Optional, Sequence
+
+import yaml
 
 
 def register(subparsers) -> None:
@@ -17,8 +21,13 @@ def register(subparsers) -> None:
     p.add_argument("--data", default=None, help="held-out preference pairs")
     p.add_argument("--ref", default=None, help="reference model (default: the run's reference when --model is a "
                                                "run or checkpoint; 'none' for reference-free implicit rewards)")
-    p.add_argument("--loss", default=None, help="also report this loss on the pairs")
-    p.add_argument("--beta", type=float, default=None, help="implicit-reward scale (default: the loss's or the run's, else 0.1)")
+    p.add_argument("--loss", default=None, help="report this loss on the pairs (default: the run's loss, with its "
+                                                "hyperparameters and modifiers, when --model is a run or checkpoint)")
+    p.add_argument("--beta", type=float, default=None, help="implicit-reward scale, and the loss's beta when it has one "
+                                                            "(default: the loss's or the run's, else 0.1)")
+    p.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
+                   help="loss hyperparameter (value read as YAML), e.g. eps=0.2 or modifiers.ld_alpha=0.5; repeatable; "
+                        "applied on top of the run's loss section or --loss")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, default=None, help="use at most this many pairs")
@@ -55,24 +64,129 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_compare)
 
 
-def cmd_eval(args) -> int:
+class EvalArgumentError(ValueError):
+    """A ``dpokit eval`` argument that cannot work; printed as one line, exit code 2."""
+
+
+def eval_loss_section(run_loss: Optional[Dict[str, Any]], loss: Optional[str],
+                      hparams: Sequence[str] = ()) -> Optional[Dict[str, Any]]:
+    """The loss section ``dpokit eval`` reports: the run's ``loss`` section (name or components,
+    hyperparameters, modifiers) when there is one, or ``{name: loss}``; ``loss`` naming another loss
+    than the run's starts from that loss's defaults. ``hparams`` (``KEY=VALUE``, value read as YAML,
+    dotted keys for nested values such as ``modifiers.ld_alpha``) apply on top. None: no loss."""
+    from ..config import ConfigError, set_by_path
+
+    run_loss = copy.deepcopy(run_loss) if isinstance(run_loss, dict) else {}
+    if loss is not None:
+        section = run_loss if run_loss.get("name") == loss else {"name": loss}
+    elif run_loss:
+        section = run_loss
+    elif hparams:
+        raise EvalArgumentError("--hparam sets a hyperparameter of the reported loss: give --loss NAME "
+                                "(or a run directory as --model, whose loss it then changes)")
+    else:
+        return None
+    for item in hparams:
+        key = item.split("=", 1)[0].strip()
+        if "=" not in item or not key:
+            raise EvalArgumentError(f"--hparam expects KEY=VALUE (e.g. eps=0.2), got {item!r}")
+        try:
+            set_by_path(section, item)
+        except (ConfigError, yaml.YAMLError) as err:
+            raise EvalArgumentError(f"--hparam {item}: {str(err).splitlines()[0]}") from None
+    return section
+
+
+def _accepts(loss, key: str) -> bool:
+    """Whether a built loss (plain, with modifiers, or a weighted sum) has hyperparameter ``key``."""
+    if hasattr(loss, "base"):
+        return _accepts(loss.base, key)
+    if hasattr(loss, "components"):
+        return any(_accepts(component, key) for _, component in loss.components)
+    return key in getattr(loss, "hparams", {})
+
+
+def loss_beta(loss) -> Optional[float]:
+    """The ``beta`` of a built loss (the first component's that has one), else None."""
+    if hasattr(loss, "base"):
+        return loss_beta(loss.base)
+    if hasattr(loss, "components"):
+        return next((b for b in (loss_beta(c) for _, c in loss.components) if b is not None), None)
+    value = getattr(loss, "hparams", {}).get("beta")
+    return float(value) if value is not None else None
+
+
+def build_eval_loss(section: Dict[str, Any], beta: Optional[float] = None, explicit_beta: bool = False):
+    """``(loss, section)``: the loss of ``section`` built and range-checked as ``dpokit train`` does;
+    ``beta`` (``--beta``) becomes its ``beta`` when the loss has one and ``section`` sets none
+    explicitly (``explicit_beta``: a ``--hparam beta=...``). Bad names or values raise
+    :class:`EvalArgumentError` naming them."""
     from ..losses import build_loss
+    from ..losses.checks import check_loss
+
+    def build(candidate):
+        try:
+            loss = build_loss(candidate)
+            check_loss(loss)
+        except (KeyError, ValueError, TypeError) as err:
+            raise EvalArgumentError(f"loss: {err.args[0] if err.args else err}") from None
+        return loss
+
+    loss = build(section)
+    if beta is not None and not explicit_beta and _accepts(loss, "beta"):
+        section = {**section, "beta": beta}
+        loss = build(section)
+    return loss, section
+
+
+def _pairwise_problem(loss, reference: bool) -> Optional[str]:
+    """Why ``loss`` cannot be computed on held-out pairs (None when it can)."""
+    if loss.needs.data != "pairs":
+        return (f"loss {loss.name!r} trains on {loss.needs.data}; dpokit eval reports losses on preference pairs")
+    if loss.needs.reference and not reference:
+        return f"loss {loss.name!r} needs a reference model (give --ref PATH)"
+    return None
+
+
+def cmd_eval(args) -> int:
+    try:
+        return _cmd_eval(args)
+    except EvalArgumentError as err:
+        print(f"dpokit eval: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _cmd_eval(args) -> int:
     from ..data import load_examples, tokenize_examples
     from ..models import load_causal_lm
     from ..config import ModelConfig
-    from .runs import default_reference, load_model_for_eval
+    from .runs import default_reference, load_model_for_eval, resolve_model_path
     from .suite import EvalSettings, evaluate_checkpoint, format_eval_table, load_prompts, prompts_from_texts, write_eval
 
     if not args.data and not (args.prompts and args.generate):
         print("dpokit eval: error: give --data (held-out pairs) and/or --prompts with --generate N", file=sys.stderr)
         return 2
-    policy, tokenizer, info = load_model_for_eval(args.model, args.trust_remote_code)
-    run_config = (info["config"] or {}) if info["kind"] in ("run", "checkpoint") else {}
+    kind, _, run_config = resolve_model_path(args.model)
+    run_config = (run_config or {}) if kind in ("run", "checkpoint") else {}
     ref_path = args.ref
-    if ref_path is None and info["kind"] in ("run", "checkpoint"):
+    if ref_path is None and kind in ("run", "checkpoint"):
         ref_path = default_reference(run_config)
     if ref_path == "none":
         ref_path = None
+    # the loss is resolved (and its errors reported) before any model is loaded
+    explicit = bool(args.loss or args.hparam)
+    section = eval_loss_section(run_config.get("loss"), args.loss, args.hparam)
+    loss_fn, skipped_loss = None, None
+    if section is not None:
+        explicit_beta = any(item.split("=", 1)[0].strip() == "beta" for item in args.hparam)
+        loss_fn, section = build_eval_loss(section, args.beta, explicit_beta)
+        problem = _pairwise_problem(loss_fn, ref_path is not None)
+        if problem and explicit:
+            raise EvalArgumentError(problem)
+        if problem:  # the run's own loss, not asked for: report the rest
+            print(f"dpokit eval: the run's loss is not reported: {problem}", file=sys.stderr)
+            loss_fn, section, skipped_loss = None, None, problem
+    policy, tokenizer, info = load_model_for_eval(args.model, args.trust_remote_code)
     reference = load_causal_lm(ref_path, ModelConfig(name_or_path=ref_path, trust_remote_code=args.trust_remote_code)).eval() \
         if ref_path else None
     import torch
@@ -81,15 +195,9 @@ def cmd_eval(args) -> int:
     policy.to(device)
     if reference is not None:
         reference.to(device)
-    loss_fn = None
-    if args.loss:
-        section = {"name": args.loss}
-        if args.beta is not None:
-            section["beta"] = args.beta
-        loss_fn = build_loss(section)
     beta = args.beta
     if beta is None and loss_fn is not None:
-        beta = getattr(loss_fn, "hparams", {}).get("beta")
+        beta = loss_beta(loss_fn)
     if beta is None:
         beta = (run_config.get("loss") or {}).get("beta")
     beta = float(beta) if beta is not None else 0.1
@@ -114,8 +222,11 @@ def cmd_eval(args) -> int:
     result, rows = evaluate_checkpoint(policy, reference, tokenizer, pairs, prompts, judge, loss_fn, settings)
     if args.reward_model:
         result["judge"] = f"reward_model:{args.reward_model}"
+    if skipped_loss:
+        result.setdefault("notes", []).append(f"the run's loss is not reported: {skipped_loss}")
     result.update(model=args.model, reference=ref_path, dropped_by_truncation=dropped, step=info.get("step"),
-                  loss_name=args.loss or (run_config.get("loss") or {}).get("name"))
+                  loss_name=_loss_label(section) if section else (run_config.get("loss") or {}).get("name"),
+                  loss_config=section)
     if args.output:
         path = write_eval(result, rows, args.output)
         print(f"wrote {path}", file=sys.stderr)
@@ -126,6 +237,12 @@ def cmd_eval(args) -> int:
 
         print(json.dumps(_finite(result), indent=2))
     return 0
+
+
+def _loss_label(section: Dict[str, Any]) -> str:
+    if "name" in section:
+        return str(section["name"])
+    return " + ".join(str(c.get("name")) for c in section.get("components") or [])
 
 
 def cmd_report(args) -> int:
