@@ -32,7 +32,7 @@ import torch
 
 from .embed import Embedder, HashedNgramEmbedder, cosine_distance, text_of
 from ..errors import DataError
-from .formats import PreferencePair, RankedList, UnpairedExample, split_pairs
+from .formats import LoadReport, PreferencePair, RankedList, UnpairedExample, load_examples, split_pairs
 from .prompts import text_key
 
 logger = logging.getLogger(__name__)
@@ -307,3 +307,31 @@ def prepare_examples(examples: Sequence, data, loss_data: str, training: bool = 
     if training and plan.summary():
         logger.info("data: %s", plan.summary())
     return out, plan
+
+
+def load_run_data(d, seed: int, data_kind: str, tokenize) -> Tuple[list, list, DataPlan, Dict[str, str]]:
+    """A run's tokenized ``(train, eval, plan, report)`` from its ``data`` section: records loaded and
+    checked, the eval set (``data.eval``, or ``eval_fraction`` held out with ``seed``), lists turned into
+    pairs for a pairwise loss (``data_kind``: what the loss trains on), label noise, curriculum stages,
+    then ``tokenize(examples) -> (tokenized, report)``. Eval positions follow the training positions, so
+    one reference cache holds both."""
+    report = LoadReport()
+    examples = load_examples(d.train, d.kind, d.split, d.limit, d.on_bad_content, report,
+                             on_extra_columns=d.on_extra_columns)
+    eval_examples = (load_examples(d.eval, d.kind, d.split, None, d.on_bad_content,
+                                   on_extra_columns=d.on_extra_columns) if d.eval else [])
+    if not eval_examples and d.eval_fraction > 0:
+        perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+        n_eval = max(1, int(len(examples) * d.eval_fraction))
+        eval_examples = [examples[i] for i in sorted(perm[:n_eval])]
+        examples = [examples[i] for i in sorted(perm[n_eval:])]
+    examples, plan = prepare_examples(examples, d, data_kind, training=True)
+    eval_examples, _ = prepare_examples(eval_examples, d, data_kind, training=False)
+    train, train_report = tokenize(examples)
+    evaluation, _ = tokenize(eval_examples) if eval_examples else ([], None)
+    offset = 1 + max(ex.index for ex in train) if train else 0
+    for ex in evaluation:  # train and eval positions key one reference cache: keep them distinct
+        ex.index += offset
+    if not train:
+        raise ValueError("no training examples remain after tokenization: " + train_report.summary())
+    return train, evaluation, plan, {"load": report.summary(), "tokenize": train_report.summary()}

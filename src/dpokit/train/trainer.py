@@ -33,11 +33,10 @@ import yaml
 
 from .. import distributed as dist_utils
 from ..config import Config
-from ..data import EpochBatchOrder, collate, load_examples, tokenize_examples
-from ..data.build import prepare_examples
-from ..data.formats import LoadReport
+from ..data import EpochBatchOrder, collate, tokenize_examples
+from ..data.build import load_run_data
 from ..errors import NonFiniteError
-from ..losses import LossInputs, kto_weight_warning
+from ..losses import LossInputs
 from ..models import load_policy
 from ..paths import safe_join
 from ..preflight import check_run
@@ -177,38 +176,13 @@ class Trainer(CheckpointingMixin):
             group["lr"] = base * factor(max(scheduler.last_epoch, 0))
 
     def _load_data(self):
-        d = self.config.data
-        report = LoadReport()
-        examples = load_examples(d.train, d.kind, d.split, d.limit, d.on_bad_content, report,
-                                 on_extra_columns=d.on_extra_columns)
-        eval_examples = (load_examples(d.eval, d.kind, d.split, None, d.on_bad_content,
-                                       on_extra_columns=d.on_extra_columns) if d.eval else [])
-        if not eval_examples and d.eval_fraction > 0:
-            generator = torch.Generator().manual_seed(self.config.train.seed)
-            perm = torch.randperm(len(examples), generator=generator).tolist()
-            n_eval = max(1, int(len(examples) * d.eval_fraction))
-            eval_examples = [examples[i] for i in sorted(perm[:n_eval])]
-            examples = [examples[i] for i in sorted(perm[n_eval:])]
-        # lists -> pairs for a pairwise loss, label noise, curriculum stages, Sem-DPO weights
-        examples, self.data_plan = prepare_examples(examples, d, self.loss_fn.needs.data, training=True)
-        eval_examples, _ = prepare_examples(eval_examples, d, self.loss_fn.needs.data, training=False)
-        train, train_report = self.tokenize(examples)
-        evaluation, _ = self.tokenize(eval_examples) if eval_examples else ([], None)
-        offset = 1 + max(ex.index for ex in train) if train else 0
-        for ex in evaluation:  # train and eval positions key one reference cache: keep them distinct
-            ex.index += offset
-        if not train:
-            raise ValueError("no training examples remain after tokenization: " + train_report.summary())
-        self.data_report = {"load": report.summary(), "tokenize": train_report.summary()}
-        logger.info("data: %s; %s", report.summary(), train_report.summary())
-        if self.loss_fn.needs.data == "unpaired":
-            hparams = getattr(self.loss_fn, "hparams", {})
-            desirable = sum(1 for ex in train if ex.label)
-            message = kto_weight_warning(desirable, len(train) - desirable, hparams.get("desirable_weight", 1.0),
-                                         hparams.get("undesirable_weight", 1.0))
-            if message:
-                logger.warning(message)
-        return train, evaluation
+        self.train_examples, self.eval_examples, self.data_plan, self.data_report = load_run_data(
+            self.config.data, self.config.train.seed, self.loss_fn.needs.data, self.tokenize)
+        logger.info("data: %s; %s", self.data_report["load"], self.data_report["tokenize"])
+        labels = [ex.label for ex in self.train_examples] if self.loss_fn.needs.data == "unpaired" else None
+        for message in self.loss_fn.check_data(labels):  # e.g. KTO's class balance
+            logger.warning(message)
+        return self.train_examples, self.eval_examples
 
     # ---- the loop -----------------------------------------------------------------------------
     def compute_loss(self, batch, training: bool = True):
