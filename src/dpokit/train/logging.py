@@ -59,18 +59,17 @@ def read_metrics(path: str) -> List[Dict[str, Any]]:
 
 
 # ---- experiment trackers (train.report_to) ---------------------------------------------------
-# name in train.report_to: (module that must be importable, pip extra of dpokit, how metric names look)
+# name in train.report_to: (modules of which one must be importable, pip extra of dpokit)
 TRACKERS = {
-    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard", "prefixed"),
-    "wandb": (("wandb",), "wandb", "prefixed"),
-    "mlflow": (("mlflow",), "mlflow", "flat"),
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "wandb": (("wandb",), "wandb"),
+    "mlflow": (("mlflow",), "mlflow"),  # mlflow or mlflow-skinny
 }
 # The config's default: TensorBoard when it is installed (a plain install has no tracker packages).
 DEFAULT_REPORT_TO = ("tensorboard",)
 
 # metrics.jsonl name -> the name TRL's DPOTrainer (through transformers' Trainer) gives the same quantity
 RENAMES = {"lr": "learning_rate", "tokens": "num_tokens"}
-SECTIONS = ("eval/", "monitor/")  # already sectioned: not training-step metrics
 NOT_LOGGED = ("step",)            # the x-axis, passed as the tracker's step
 
 
@@ -133,9 +132,9 @@ def available_trackers(requested: Iterable[str], logging_dir: Optional[str] = No
             raise ConfigError(f"train.report_to: unknown tracker {name!r}; choose from {sorted(TRACKERS)}, "
                               "'all' (those installed) or 'none'")
         if name == "all":
-            names += [n for n, (modules, _, _) in TRACKERS.items() if _installed(modules)]
+            names += [n for n, (modules, _) in TRACKERS.items() if _installed(modules)]
         elif name != "none":
-            modules, extra, _ = TRACKERS[name]
+            modules, extra = TRACKERS[name]
             if _installed(modules):
                 names.append(name)
             elif tuple(requested) == DEFAULT_REPORT_TO:
@@ -146,6 +145,8 @@ def available_trackers(requested: Iterable[str], logging_dir: Optional[str] = No
                 raise ConfigError(f"train.report_to: {name!r} is requested but the {modules[0]!r} package is not "
                                   f"installed; install it with pip install 'dpokit[{extra}]', or remove {name!r} "
                                   "from train.report_to")
+    if not names:
+        return []
     classes = _tracker_classes()
     return [classes[name](logging_dir) for name in dict.fromkeys(names)]
 
