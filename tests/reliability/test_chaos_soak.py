@@ -39,6 +39,7 @@ TOTAL = 200
 EVAL_STEPS = [30, 60, 90, 120, 150, 180, 200]  # every 30 steps and at the end
 ROUNDS = max(2, int(os.environ.get("SOAK_ROUNDS", "4")))
 INTERRUPTIONS = [signal.SIGTERM, signal.SIGKILL] * (ROUNDS // 2) + [signal.SIGKILL] * (ROUNDS % 2)
+SOAK_ENV = dict(ENV, OMP_NUM_THREADS=str(torch.get_num_threads()))  # the in-process runs' thread count
 
 
 def train_steps(path):
@@ -81,9 +82,6 @@ def wait_for_step(metrics, proc, target, log, timeout=300.0):
             proc.kill()
             pytest.fail(f"step {target} not reached within {timeout} s [seed {SEED}]")
         time.sleep(0.01)
-
-
-SOAK_ENV = dict(ENV, OMP_NUM_THREADS=str(torch.get_num_threads()))  # the reference run's thread count
 
 
 @pytest.mark.slow
