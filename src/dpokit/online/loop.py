@@ -457,13 +457,7 @@ class OnlineLoop:
             self.frozen_reference().model.load_state_dict(load_file(path))
 
     def save_model(self, model, path: str) -> str:
-        os.makedirs(path, exist_ok=True)
-        if hasattr(model, "merge_and_unload"):
-            model.save_pretrained(os.path.join(path, "adapter"), safe_serialization=True)
-            model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
-        return path
+        return ckpt.save_model_dir(model, self.tokenizer, path)
 
     def save_final(self, model) -> str:
         path = os.path.join(self.run_dir, "final")

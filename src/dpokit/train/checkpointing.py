@@ -16,6 +16,7 @@ from ..errors import CheckpointError
 from ..models import load_causal_lm
 from ..paths import safe_join
 from . import checkpoint as ckpt
+from .model_card import write_model_card
 
 logger = logging.getLogger("dpokit")
 
@@ -98,7 +99,11 @@ class CheckpointingMixin:
 
     def save_final(self) -> str:
         """``final/``: a model ``AutoModelForCausalLM.from_pretrained`` loads (LoRA merged), the
-        tokenizer, and with LoRA the adapter itself under ``final/adapter``."""
+        tokenizer, with LoRA the adapter itself under ``final/adapter``, and a model card (README.md)."""
         base = (lambda: load_causal_lm(self.config.model.name_or_path, self.config.model)) if self._policy_from_path else None
-        return ckpt.save_final_model(self.accelerator, self.model, self.tokenizer, safe_join(self.output_dir, "final"),
-                                     self.sharded_state, base)
+        final = ckpt.save_final_model(self.accelerator, self.model, self.tokenizer, safe_join(self.output_dir, "final"),
+                                      self.sharded_state, base)
+        if self.is_main:  # final/README.md: a Hugging Face model card, so the directory can be pushed as it is
+            write_model_card(final, self.config, num_examples={"train": len(self.train_examples),
+                                                               "eval": len(self.eval_examples)})
+        return final

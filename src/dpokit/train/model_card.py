@@ -19,6 +19,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from ..losses import build_loss
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 _DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 # the training hyperparameters a card lists (train.* keys), in this order
@@ -199,10 +201,8 @@ def _summary(source) -> Optional[Dict[str, Any]]:
 def _loss_parts(loss_cfg: Dict[str, Any]) -> List[Tuple[str, float, Dict[str, Any], str]]:
     """(name, weight, hyperparameters, source) of each component of the configured loss."""
     try:
-        from ..config import build_loss
-
         loss = build_loss(dict(loss_cfg))
-    except Exception:  # a card is still written from the raw section
+    except (KeyError, ValueError, TypeError):  # a card is still written from the raw section
         name = str(loss_cfg.get("name") or "")
         hparams = {k: v for k, v in loss_cfg.items() if k not in ("name", "components", "modifiers")}
         return [(name, 1.0, hparams, "")] if name else []
@@ -212,10 +212,8 @@ def _loss_parts(loss_cfg: Dict[str, Any]) -> List[Tuple[str, float, Dict[str, An
 
 def _needs_reference(loss_cfg: Dict[str, Any]) -> bool:
     try:
-        from ..config import build_loss
-
         return bool(build_loss(dict(loss_cfg)).needs.reference)
-    except Exception:
+    except (KeyError, ValueError, TypeError):
         return True
 
 
