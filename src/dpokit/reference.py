@@ -144,7 +144,7 @@ class CachedReference:
         path = safe_join(cache_dir, f"reference-{key}.safetensors")
         if os.path.exists(path):
             try:
-                store = _load_store(path)
+                store = load_store(path)
             except Exception as err:  # a damaged file (e.g. a disk that filled up): recompute it
                 logger.warning("reference log-probs: cache %s is unreadable (%s); recomputing", path, err)
             else:
@@ -165,7 +165,7 @@ class CachedReference:
                     store[ex.index].append(lp.token_logps[row][lp.mask[row]].detach().float().cpu())
                     row += 1
         os.makedirs(cache_dir, exist_ok=True)
-        _save_store(store, path)
+        save_store(store, path)
         return cls(store, path)
 
     def token_logprobs(self, engine, batch, cache: bool = True) -> TokenLogprobs:
@@ -185,7 +185,9 @@ class CachedReference:
         return self
 
 
-def _save_store(store: Dict[int, List[torch.Tensor]], path: str) -> None:
+def save_store(store: Dict[int, List[torch.Tensor]], path: str) -> None:
+    """Write reference log-probs ``{example index: [per-completion token log-probs]}`` to ``path``
+    (safetensors, atomically: a temporary file per process, then a rename)."""
     keys = sorted(store)
     rows = [t for k in keys for t in store[k]]
     tensors = {
@@ -203,7 +205,8 @@ def _save_store(store: Dict[int, List[torch.Tensor]], path: str) -> None:
             os.remove(tmp)
 
 
-def _load_store(path: str) -> Dict[int, List[torch.Tensor]]:
+def load_store(path: str) -> Dict[int, List[torch.Tensor]]:
+    """Read what :func:`save_store` wrote."""
     data = load_file(path)
     pieces = torch.split(data["flat"], data["lengths"].tolist())
     store, row = {}, 0
@@ -213,3 +216,8 @@ def _load_store(path: str) -> Dict[int, List[torch.Tensor]]:
     if row != len(pieces):
         raise ValueError(f"{path}: {len(pieces)} rows stored but the index accounts for {row}")
     return store
+
+
+# Former private names, still used by dpokit.distributed.
+_save_store = save_store
+_load_store = load_store
