@@ -274,6 +274,8 @@ def build_reference(config, needs, policy, accelerator, scorer, examples: Sequen
 
 
 def save_store(store: Dict[int, List[torch.Tensor]], path: str) -> None:
+    """Write reference log-probs ``{example index: [per-completion token log-probs]}`` to ``path``
+    (safetensors, atomically: a temporary file per process, then a rename)."""
     keys = sorted(store)
     rows = [t for k in keys for t in store[k]]
     tensors = {
@@ -292,6 +294,7 @@ def save_store(store: Dict[int, List[torch.Tensor]], path: str) -> None:
 
 
 def load_store(path: str) -> Dict[int, List[torch.Tensor]]:
+    """Read what :func:`save_store` wrote."""
     data = load_file(path)
     pieces = torch.split(data["flat"], data["lengths"].tolist())
     store, row = {}, 0
