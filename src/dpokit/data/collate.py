@@ -8,7 +8,7 @@ layout. Numeric extras from the data are stacked into tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 

@@ -14,7 +14,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from ..scoring.lm.engine import LogProbEngine
-from ..scoring.lm.projection import Group, _chunk_logits, logit_transform, split_model
+from ..scoring.lm.projection import RowGroup, chunk_logits, logit_transform, split_model
 from ..losses import Needs
 from .metrics import fisher_rao, next_token_kl, spectral_contraction, topk_indicators
 
@@ -41,7 +41,7 @@ def has_reference_model(reference) -> bool:
 # ---- next-token statistics along completions -------------------------------------------------------
 
 @torch.no_grad()
-def completion_statistics(model, groups: Sequence[Group], pad_token_id: int, reference=None, k: int = 10,
+def completion_statistics(model, groups: Sequence[RowGroup], pad_token_id: int, reference=None, k: int = 10,
                           batch_size: int = 16, chunk_size: int = 256, pool: bool = False) -> Dict[str, torch.Tensor]:
     """Per-row (group-major) sums over the completion tokens of each row, on CPU:
 
@@ -76,13 +76,13 @@ def completion_statistics(model, groups: Sequence[Group], pad_token_id: int, ref
         for lo in range(0, hidden.shape[0], chunk_size):
             hi = min(lo + chunk_size, hidden.shape[0])
             index, target = row_of[lo:hi], targets[lo:hi, None]
-            logp = torch.log_softmax(_chunk_logits(hidden[lo:hi], head.weight, getattr(head, "bias", None), transform).float(), -1)
+            logp = torch.log_softmax(chunk_logits(hidden[lo:hi], head.weight, getattr(head, "bias", None), transform).float(), -1)
             mass, entropy = topk_indicators(logp, k)
             sums["logps"].index_add_(0, index, logp.gather(-1, target).squeeze(-1).double())
             sums["topk_mass"].index_add_(0, index, mass.double())
             sums["topk_entropy"].index_add_(0, index, entropy.double())
             if reference is not None:
-                logq = torch.log_softmax(_chunk_logits(ref_hidden[lo:hi], ref_head.weight, getattr(ref_head, "bias", None),
+                logq = torch.log_softmax(chunk_logits(ref_hidden[lo:hi], ref_head.weight, getattr(ref_head, "bias", None),
                                                        ref_transform).float(), -1).to(logp.device)
                 ref_mass, ref_entropy = topk_indicators(logq, k)
                 sums["ref_logps"].index_add_(0, index, logq.gather(-1, target).squeeze(-1).double())
@@ -252,7 +252,7 @@ def layer_trace(model, sequences: Sequence[List[int]], pad_token_id: int, max_po
     n = outputs[0].shape[0]
 
     def lens(h):
-        return torch.log_softmax(_chunk_logits(norm(h.to(device, dtype)), weight, bias, transform).float(), -1)
+        return torch.log_softmax(chunk_logits(norm(h.to(device, dtype)), weight, bias, transform).float(), -1)
 
     for layer in range(len(outputs) - 1):
         total_distance = 0.0

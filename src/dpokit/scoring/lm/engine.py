@@ -17,7 +17,7 @@ import torch
 from ...data.collate import Batch
 from ...distributed import forward_through
 from .layouts import get_layout
-from .projection import Group, TokenLogprobs, logit_transform, project_selected, scatter_rows, split_model
+from .projection import RowGroup, TokenLogprobs, logit_transform, project_selected, scatter_rows, split_model
 from ...losses import LossInputs, Needs
 
 
@@ -34,7 +34,7 @@ class LogProbEngine:
         return list(split_model(model)[1].parameters(recurse=False))
 
     # -- raw log-probs ------------------------------------------------------------------------
-    def hidden(self, model, groups: Sequence[Group]):
+    def hidden(self, model, groups: Sequence[RowGroup]):
         backbone, lm_head = split_model(model)
         hidden, targets, lengths = self.layout(backbone, groups, self.pad_token_id, lm_head.weight.device)
         return hidden, targets, lengths, lm_head
@@ -42,7 +42,7 @@ class LogProbEngine:
     def token_logprobs(
         self,
         model,
-        groups: Sequence[Group],
+        groups: Sequence[RowGroup],
         stats: Sequence[str] = (),
         reference=None,
     ) -> TokenLogprobs:
@@ -119,7 +119,7 @@ class LogProbEngine:
         return inputs.replace(kl_policy_logps=kl_policy, kl_reference_logps=kl_reference)
 
 
-def _prompt_groups(groups: Sequence[Group]) -> list:
+def _prompt_groups(groups: Sequence[RowGroup]) -> list:
     """One extra row per group: the prompt's tokens after the first, predicted from those before.
 
     Row ``(x[:1], [x[1:]])`` has exactly the context of the prompt part of every ``x + y`` row, so

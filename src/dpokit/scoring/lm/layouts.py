@@ -50,7 +50,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ...errors import ConfigError
-from .projection import Group, rows_of
+from .projection import RowGroup, rows_of
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def get_layout(name: str) -> Callable:
 
 @register_layout("padded")
 def padded_hidden(
-    backbone: torch.nn.Module, groups: Sequence[Group], pad_id: int, device: torch.device
+    backbone: torch.nn.Module, groups: Sequence[RowGroup], pad_id: int, device: torch.device
 ) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
     """Returns ``(hidden [N, H], targets [N], completion_lengths per row)``."""
     rows = rows_of(groups)
@@ -251,7 +251,7 @@ def _check_prompt(prompt) -> None:
                          "predicted from (tokenization gives every prompt at least a BOS token)")
 
 
-def _sequence_units(groups: Sequence[Group]) -> List[_Unit]:
+def _sequence_units(groups: Sequence[RowGroup]) -> List[_Unit]:
     units, row = [], 0
     for prompt, completions in groups:
         _check_prompt(prompt)
@@ -264,7 +264,7 @@ def _sequence_units(groups: Sequence[Group]) -> List[_Unit]:
     return units
 
 
-def _group_units(groups: Sequence[Group]) -> List[_Unit]:
+def _group_units(groups: Sequence[RowGroup]) -> List[_Unit]:
     units, row = [], 0
     for prompt, completions in groups:
         _check_prompt(prompt)
@@ -337,7 +337,7 @@ class PackedBatch:
         return torch.zeros(mask.shape, dtype=dtype, device=seq.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
 
-def build_packed_batch(groups: Sequence[Group], pad_id: int, share_prompt: bool, device,
+def build_packed_batch(groups: Sequence[RowGroup], pad_id: int, share_prompt: bool, device,
                        capacity: Optional[int] = -1) -> PackedBatch:
     """Lay ``groups`` out in rows. ``capacity``: tokens per row; ``-1`` (default): the longest
     unit; ``None``: everything in one row (no padding at all)."""
@@ -387,7 +387,7 @@ def _model_dtype(backbone) -> torch.dtype:
     return torch.float32
 
 
-def _run_packed(backbone, groups: Sequence[Group], pad_id: int, device, share_prompt: bool):
+def _run_packed(backbone, groups: Sequence[RowGroup], pad_id: int, device, share_prompt: bool):
     config = _config_of(backbone)
     impl = attention_implementation(backbone)
     if _is_varlen(impl):

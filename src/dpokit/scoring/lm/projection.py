@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-Group = Tuple[List[int], List[List[int]]]
+RowGroup = Tuple[List[int], List[List[int]]]  # (prompt ids, [completion ids]): one prompt and its completions
 STATS = ("entropy", "sum_p2", "ref_kl")
 
 
@@ -169,7 +169,7 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _chunk_logits(hidden, weight, bias, transform) -> torch.Tensor:
+def chunk_logits(hidden, weight, bias, transform) -> torch.Tensor:
     logits = _upcast(F.linear(hidden, weight, bias))
     return logits if _is_identity(transform) else transform(logits)
 
@@ -193,7 +193,7 @@ class ChunkedProjection(torch.autograd.Function):
         out = {name: hidden.new_empty(n, dtype=dtype) for name in stats}
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
-            z = _chunk_logits(hidden[start:stop], weight, bias, transform)
+            z = chunk_logits(hidden[start:stop], weight, bias, transform)
             logz = torch.logsumexp(z, dim=-1)
             logz_all[start:stop] = logz
             logps[start:stop] = z.gather(-1, targets[start:stop, None]).squeeze(-1) - logz
@@ -206,7 +206,7 @@ class ChunkedProjection(torch.autograd.Function):
             if "sum_p2" in out:
                 out["sum_p2"][start:stop] = (p * p).sum(-1)
             if "ref_kl" in out:
-                ref_logp = torch.log_softmax(_chunk_logits(ref_hidden[start:stop], ref_weight, ref_bias, transform), -1)
+                ref_logp = torch.log_softmax(chunk_logits(ref_hidden[start:stop], ref_weight, ref_bias, transform), -1)
                 out["ref_kl"][start:stop] = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
         entropy = out.get("entropy", logps.new_empty(0))
         sum_p2 = out.get("sum_p2", logps.new_empty(0))
@@ -259,7 +259,7 @@ class ChunkedProjection(torch.autograd.Function):
                 if g_sum_p2 is not None:
                     dz.add_((p - sum_p2[start:stop, None]).mul_(p).mul_(2 * g_sum_p2[start:stop, None]))
                 if g_ref_kl is not None:
-                    q = torch.softmax(_chunk_logits(ref_hidden[start:stop], ref_weight, ref_bias, transform), -1)
+                    q = torch.softmax(chunk_logits(ref_hidden[start:stop], ref_weight, ref_bias, transform), -1)
                     dz.add_((p - q).mul_(g_ref_kl[start:stop, None]))
                 del p, logp
                 if _is_identity(transform):
@@ -308,7 +308,7 @@ def _chunk_stats(
     transform,
 ) -> Tuple[torch.Tensor, ...]:
     """One chunk by plain autograd (used under activation checkpointing when ``fused=False``)."""
-    logits = _chunk_logits(hidden, weight, bias, transform)
+    logits = chunk_logits(hidden, weight, bias, transform)
     logz = torch.logsumexp(logits, dim=-1)
     out = [logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz]
     if stats:
@@ -320,7 +320,7 @@ def _chunk_stats(
             elif name == "sum_p2":
                 out.append((p * p).sum(-1))
             elif name == "ref_kl":
-                ref_logp = torch.log_softmax(_chunk_logits(ref_hidden, ref_weight, ref_bias, transform), dim=-1)
+                ref_logp = torch.log_softmax(chunk_logits(ref_hidden, ref_weight, ref_bias, transform), dim=-1)
                 out.append((ref_logp.exp() * (ref_logp - logp)).sum(-1))
     return tuple(out)
 
@@ -386,5 +386,5 @@ def scatter_rows(flat: torch.Tensor, lengths: Sequence[int]) -> Tuple[torch.Tens
     return out, mask
 
 
-def rows_of(groups: Sequence[Group]) -> List[Tuple[List[int], List[int]]]:
+def rows_of(groups: Sequence[RowGroup]) -> List[Tuple[List[int], List[int]]]:
     return [(prompt, completion) for prompt, completions in groups for completion in completions]
