@@ -350,11 +350,18 @@ def from_dict(raw: Dict[str, Any], overrides: Sequence[str] = ()) -> Config:
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
-    with open(path, "r", encoding="utf-8") as handle:
-        try:
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a directory, not a config file (a YAML file such as examples/hh_rlhf_dpo.yaml)")
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
             raw = yaml.safe_load(handle)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}); "
+                          "save the config as UTF-8") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err.strerror or err}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

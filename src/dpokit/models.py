@@ -13,6 +13,7 @@ from typing import Dict, Optional
 import torch
 
 from .config import Config, ModelConfig
+from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,18 @@ def load_causal_lm(name_or_path: str, cfg: ModelConfig):
     return model
 
 
+def load_named(name_or_path: str, cfg: ModelConfig, key: str, tokenizer: bool = False):
+    """``load_causal_lm`` (and the tokenizer first, with ``tokenizer=True``) for the config key ``key``:
+    a model that cannot be loaded (no such directory, no config.json, no safetensors weights, an
+    unreachable hub) ends in a :class:`~dpokit.errors.ConfigError` naming the key, not a traceback."""
+    try:
+        loaded_tokenizer = load_tokenizer(name_or_path, cfg.trust_remote_code, cfg.revision) if tokenizer else None
+        model = load_causal_lm(name_or_path, cfg)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{key}: cannot load {name_or_path!r}: {err}") from None
+    return (loaded_tokenizer, model) if tokenizer else model
+
+
 def apply_lora(model, cfg: Config):
     from peft import LoraConfig, get_peft_model
 
@@ -66,8 +79,7 @@ def apply_lora(model, cfg: Config):
 
 def load_policy(cfg: Config):
     """Policy model (with LoRA when enabled) and its tokenizer."""
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code, cfg.model.revision)
-    model = load_causal_lm(cfg.model.name_or_path, cfg.model)
+    tokenizer, model = load_named(cfg.model.name_or_path, cfg.model, "model.name_or_path", tokenizer=True)
     model.config.use_cache = False
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

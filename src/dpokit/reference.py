@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from . import distributed as dist
 from .data.collate import collate
 from .errors import ConfigError
+from .models import load_named
 from .paths import safe_join
 from .scoring.lm.projection import TokenLogprobs, scatter_rows
 
@@ -231,8 +232,6 @@ def build_reference(config, needs, policy, accelerator, scorer, examples: Sequen
     policy came from a path (a ZeRO-3 policy may be partitioned already). With ``precompute`` the
     reference log-probs of ``examples`` are computed once (split over the processes), cached on
     disk under a content hash, and the reference model is released."""
-    from .models import load_causal_lm
-
     r = config.reference
     if not needs.reference:
         return None
@@ -251,9 +250,9 @@ def build_reference(config, needs, policy, accelerator, scorer, examples: Sequen
         reference = AdapterDisabledReference(policy)
     else:
         if kind == "path":
-            frozen = load_causal_lm(r.path, config.model)
+            frozen = load_named(r.path, config.model, "reference.path")
         elif sharded and policy_from_path:
-            frozen = load_causal_lm(config.model.name_or_path, config.model)
+            frozen = load_named(config.model.name_or_path, config.model, "model.name_or_path")
         else:
             base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
             frozen = copy.deepcopy(base)

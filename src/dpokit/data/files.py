@@ -26,7 +26,7 @@ def iter_records(source: Any, split: str = "train") -> Iterator[Tuple[str, Dict[
             yield f"{label} record {i}", dict(record)
         return
     if isinstance(source, str):
-        if source.endswith((".jsonl", ".json", ".parquet", ".csv")) or os.sep in source and not _looks_like_hub_id(source):
+        if source.endswith((".jsonl", ".json", ".parquet", ".csv")) or os.sep in source and not looks_like_hub_id(source):
             raise FileNotFoundError(f"data file not found: {source}")
         import datasets
 
@@ -37,7 +37,8 @@ def iter_records(source: Any, split: str = "train") -> Iterator[Tuple[str, Dict[
     raise TypeError(f"cannot read preference data from {type(source).__name__}")
 
 
-def _looks_like_hub_id(source: str) -> bool:
+def looks_like_hub_id(source: str) -> bool:
+    """``owner/name``: what a hub id looks like (a local path has another shape or exists)."""
     parts = source.split("/")
     return len(parts) == 2 and all(parts) and not source.startswith((".", "/"))
 
