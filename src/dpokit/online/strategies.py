@@ -211,7 +211,7 @@ class OnlineDPO(RoundStrategy):
     at ``max_new_tokens`` (TRL's option)."""
 
     reference = "initial"
-    source = "Guo et al. 2024, arXiv 2402.04792 (METHODS G1)"
+    source = "Guo et al. 2024, arXiv 2402.04792"
 
 
 @register_strategy("iterative_dpo")
@@ -220,7 +220,7 @@ class IterativeDPO(RoundStrategy):
     policy as the reference (self-rewarding / iterative-RPO style loops)."""
 
     reference = "previous"
-    source = "iterative DPO with the previous iterate as reference (METHODS G6/A10 practice)"
+    source = "iterative DPO with the previous iterate as reference"
 
 
 @register_strategy("dno")
@@ -237,7 +237,7 @@ class DNO(RoundStrategy):
     reference = "previous"
     min_samples = 1
     lists_ok = False
-    source = "Rosset et al. 2024, arXiv 2404.03715, Alg. 2 (METHODS addendum 5)"
+    source = "Rosset et al. 2024, arXiv 2404.03715, Alg. 2"
     OPTIONS = {"teacher": None, "min_chosen_score": None, "min_margin": None, "student_min_margin": None,
                "replay": 0.0}
 
@@ -309,7 +309,7 @@ class SPPO(RoundStrategy):
 
     reference = "previous"
     lists_ok = False
-    source = "Wu et al. 2024, arXiv 2405.00675 (METHODS A10)"
+    source = "Wu et al. 2024, arXiv 2405.00675"
     OPTIONS = {"win_prob": "bradley_terry", "scale": 1.0}
 
     @classmethod
@@ -343,7 +343,7 @@ class APO(RoundStrategy):
     output is the last un-extrapolated iterate. ``alpha`` 0.3 (App. F.1); 0 is iterative DPO."""
 
     reference = "previous"
-    source = "He et al. 2024, arXiv 2410.06293 (METHODS addendum 4)"
+    source = "He et al. 2024, arXiv 2410.06293"
     OPTIONS = {"alpha": 0.3}
 
     def setup(self):
@@ -392,7 +392,7 @@ class XPO(RoundStrategy):
     sources = ("policy", "reference")
     min_samples = 1
     lists_ok = False
-    source = "Xie et al. 2024, arXiv 2405.21046 (METHODS G3)"
+    source = "Xie et al. 2024, arXiv 2405.21046"
     OPTIONS = {"alpha": 1e-5, "keep_ties": False}
 
     @classmethod
@@ -440,7 +440,7 @@ class HyPO(RoundStrategy):
     lists_ok = False
     min_samples = 1
     verified = "partial"
-    source = "Song et al. 2024, arXiv 2406.01462 (METHODS G4, addendum 7)"
+    source = "Song et al. 2024, arXiv 2406.01462"
     OPTIONS = {"lam": 0.05, "k": None}
 
     @classmethod
@@ -509,7 +509,7 @@ class OFSDPO(RoundStrategy):
     refreshable = False
     lists_ok = False
     verified = "partial"
-    source = "Qi et al. 2024, arXiv 2406.05534 (METHODS G2, addendum 12)"
+    source = "Qi et al. 2024, arXiv 2406.05534"
     OPTIONS = {"alpha": 0.1, "slow_ratio": 0.5, "chasing_interval": 10, "ema": 0.9}
     MODULES = ("fast", "slow")
 
