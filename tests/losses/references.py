@@ -242,3 +242,26 @@ def check_gradcheck(name, hp):
         return loss(x.replace(policy_chosen_logps=a, policy_rejected_logps=b)).loss
 
     assert torch.autograd.gradcheck(f, (pw, pl), eps=1e-6, atol=1e-6)
+
+
+def standard_tests(cases, grad_cases):
+    """The three tests every family module runs on its cases: the value against the NumPy reference at
+    three seeds, at an extreme margin in float64 and float32, and float64 gradcheck. A module binds
+    them to its own names: ``test_value_random, test_value_extreme_margin, test_gradcheck = standard_tests(...)``."""
+    import pytest
+
+    @pytest.mark.parametrize("name,hp,ref", cases, ids=case_ids(cases))
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_value_random(name, hp, ref, seed):
+        check_value_random(name, hp, ref, seed)
+
+    @pytest.mark.parametrize("name,hp,ref", cases, ids=case_ids(cases))
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    def test_value_extreme_margin(name, hp, ref, dtype):
+        check_value_extreme(name, hp, ref, dtype)
+
+    @pytest.mark.parametrize("name,hp", grad_cases, ids=case_ids(grad_cases))
+    def test_gradcheck(name, hp):
+        check_gradcheck(name, hp)
+
+    return test_value_random, test_value_extreme_margin, test_gradcheck

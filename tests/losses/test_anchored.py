@@ -1,17 +1,15 @@
 """Anchored losses (``dpokit.losses.anchored``: NCA, APO, SPPO, Cal-DPO, pairwise BCO): values against
 NumPy, extremes, the running mean's state, and float64 gradchecks."""
 
-import math
 
 import numpy as np
-import pytest
 import torch
 
 from dpokit.losses import get_loss
 
 from .references import (
-    B, _r, case_ids, check_gradcheck, check_value_extreme, check_value_random, extreme_inputs, np_logsig, np_sig,
-    np_view, seq_inputs, ref_apo_down, ref_apo_zero, ref_cal_dpo, ref_nca, ref_sppo_hard
+    standard_tests,
+    B, _r, np_logsig, np_view, seq_inputs, ref_apo_down, ref_apo_zero, ref_cal_dpo, ref_nca, ref_sppo_hard
 )
 
 CASES = [
@@ -26,21 +24,7 @@ GRAD_CASES = [("nca", {"beta": 0.3}), ("sppo_hard", {"beta": 0.2}), ("apo_zero",
               ("apo_down", {"beta": 0.5}), ("cal_dpo", {"beta": 0.2})]
 
 
-@pytest.mark.parametrize("name,hp,ref", CASES, ids=case_ids(CASES))
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_value_random(name, hp, ref, seed):
-    check_value_random(name, hp, ref, seed)
-
-
-@pytest.mark.parametrize("name,hp,ref", CASES, ids=case_ids(CASES))
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_value_extreme_margin(name, hp, ref, dtype):
-    check_value_extreme(name, hp, ref, dtype)
-
-
-@pytest.mark.parametrize("name,hp", GRAD_CASES, ids=case_ids(GRAD_CASES))
-def test_gradcheck(name, hp):
-    check_gradcheck(name, hp)
+test_value_random, test_value_extreme_margin, test_gradcheck = standard_tests(CASES, GRAD_CASES)
 
 
 def test_bco_pair_running_mean_value_and_state():

@@ -1,17 +1,14 @@
 """f-DPO (``dpokit.losses.divergence``): values against NumPy written with ``u = pi/pi_ref`` itself,
 extremes and float64 gradchecks."""
 
-import math
 
-import numpy as np
-import pytest
 import torch
 
 from dpokit.losses import get_loss
 
 from .references import (
-    B, _r, case_ids, check_gradcheck, check_value_extreme, check_value_random, extreme_inputs, np_logsig, np_sig,
-    np_view, seq_inputs, ref_fdpo
+    standard_tests,
+    extreme_inputs, ref_fdpo
 )
 
 CASES = [
@@ -26,21 +23,7 @@ GRAD_CASES = [("fdpo", {"f_divergence_type": "forward_kl", "beta": 0.5}),
               ("fdpo", {"f_divergence_type": "alpha_divergence", "alpha": 0.3, "beta": 0.5})]
 
 
-@pytest.mark.parametrize("name,hp,ref", CASES, ids=case_ids(CASES))
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_value_random(name, hp, ref, seed):
-    check_value_random(name, hp, ref, seed)
-
-
-@pytest.mark.parametrize("name,hp,ref", CASES, ids=case_ids(CASES))
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_value_extreme_margin(name, hp, ref, dtype):
-    check_value_extreme(name, hp, ref, dtype)
-
-
-@pytest.mark.parametrize("name,hp", GRAD_CASES, ids=case_ids(GRAD_CASES))
-def test_gradcheck(name, hp):
-    check_gradcheck(name, hp)
+test_value_random, test_value_extreme_margin, test_gradcheck = standard_tests(CASES, GRAD_CASES)
 
 
 def test_fdpo_float32_huge_ratios_are_finite():

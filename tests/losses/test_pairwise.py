@@ -10,8 +10,8 @@ import torch
 from dpokit.losses import get_loss, parse_loss_expression
 
 from .references import (
-    B, _r, case_ids, check_gradcheck, check_value_extreme, check_value_random, extreme_inputs, np_logsig, np_sig,
-    np_view, seq_inputs, wide_inputs, ref_cdpo, ref_discopop, ref_dpo, ref_exo, ref_hinge, ref_ipo, ref_rdpo, ref_sigmoid_norm, ref_sft, ref_simpo
+    standard_tests,
+    B, extreme_inputs, np_logsig, np_view, seq_inputs, wide_inputs, ref_cdpo, ref_discopop, ref_dpo, ref_exo, ref_hinge, ref_ipo, ref_rdpo, ref_sigmoid_norm, ref_sft, ref_simpo
 )
 
 CASES = [
@@ -32,21 +32,7 @@ GRAD_CASES = [("dpo", {}), ("exo", {"beta": 0.5}), ("discopop", {"beta": 0.2, "t
               ("ipo", {}), ("hinge", {"beta": 0.01})]
 
 
-@pytest.mark.parametrize("name,hp,ref", CASES, ids=case_ids(CASES))
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_value_random(name, hp, ref, seed):
-    check_value_random(name, hp, ref, seed)
-
-
-@pytest.mark.parametrize("name,hp,ref", CASES, ids=case_ids(CASES))
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_value_extreme_margin(name, hp, ref, dtype):
-    check_value_extreme(name, hp, ref, dtype)
-
-
-@pytest.mark.parametrize("name,hp", GRAD_CASES, ids=case_ids(GRAD_CASES))
-def test_gradcheck(name, hp):
-    check_gradcheck(name, hp)
+test_value_random, test_value_extreme_margin, test_gradcheck = standard_tests(CASES, GRAD_CASES)
 
 
 def test_extreme_margin_limits():
