@@ -18,19 +18,14 @@ from typing import List, Tuple
 import torch
 import torch.distributed as dist
 
+from ..distributed import is_distributed, rank, world_size  # noqa: F401  (rank, world_size: used here and by tests)
+
 Tensor = torch.Tensor
 
 
 def is_active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_active() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if is_active() else 0
+    """True with a process group of more than one process (:func:`dpokit.distributed.is_distributed`)."""
+    return is_distributed()
 
 
 def _gather_sizes(t: Tensor) -> List[int]:
