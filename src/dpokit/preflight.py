@@ -42,11 +42,11 @@ def check_run(config: Config) -> RunPlan:
     if t.layout not in LAYOUTS:
         raise ConfigError(f"train.layout: {t.layout!r} is not one of {', '.join(sorted(LAYOUTS))}")
     resolve_mixed_precision(t.mixed_precision)  # fp16 without a GPU fails here
-    _check_model_paths(config)
     loss = checked_loss(config.loss)
     _check_data_kind(config, loss)
     _check_reference(config, loss)
     _check_curriculum(config, loss)
+    _check_model_paths(config)
     if config.online.strategy:
         _check_online(config)
     return RunPlan(loss=loss, needs=loss.needs)

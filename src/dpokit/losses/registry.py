@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch

@@ -1,11 +1,14 @@
 """The callbacks a run's config asks for, each built by its owner.
 
 A callback is ``callback(trainer, step)``, called after every optimizer step. The trainer calls
-:func:`config_callbacks` once and knows none of them by name:
+:func:`config_callbacks` once, before any model loads (so bad options fail first), and knows none of
+them by name:
 
 * ``train.monitor``: over-optimisation indicators at eval steps (:mod:`dpokit.train.monitor`);
-* ``reference.sync_every``: TR-DPO's reference update (:func:`reference_sync`);
-* ``data.curriculum``: Curry-DPO's reference <- policy at each stage end (:mod:`dpokit.train.curriculum`).
+* ``reference.sync_every``: TR-DPO's reference update (:func:`reference_sync`).
+
+Curry-DPO's reference <- policy at each stage end comes with its batch order
+(:mod:`dpokit.train.curriculum`), which exists once the data is loaded.
 """
 
 from __future__ import annotations
@@ -15,21 +18,18 @@ from typing import Callable, List
 import torch
 
 from ..reference import AdapterDisabledReference, ModelReference
-from .curriculum import CurriculumBatchOrder, curriculum_reference_callback
 from .monitor import monitor_callback
 
 Callback = Callable[..., None]
 
 
-def config_callbacks(config, order) -> List[Callback]:
+def config_callbacks(config) -> List[Callback]:
     """The callbacks ``config`` enables, in the order they run after each step."""
     callbacks: List[Callback] = []
     if config.train.monitor:
         callbacks.append(monitor_callback(config.train.monitor))
     if config.reference.sync_every:
         callbacks.append(reference_sync(config.reference.sync_every, config.reference.sync_alpha))
-    if isinstance(order, CurriculumBatchOrder):
-        callbacks.append(curriculum_reference_callback(order))
     return callbacks
 
 

@@ -44,7 +44,7 @@ from ..reference import AdapterDisabledReference, build_reference
 from ..scoring import build_scorer
 from .callbacks import config_callbacks
 from .checkpointing import CheckpointingMixin
-from .curriculum import CurriculumBatchOrder
+from .curriculum import CurriculumBatchOrder, curriculum_reference_callback
 from .logging import MetricsLog, available_trackers, format_metrics
 from .signals import stop_on_signals
 
@@ -63,6 +63,7 @@ class Trainer(CheckpointingMixin):
         see the module docstring."""
         self.config = config
         self.loss_fn = check_run(config).loss  # every cross-module check, before any model loads
+        self.callbacks: List[Callback] = list(callbacks or []) + config_callbacks(config)  # options checked here
         self._setup_accelerator()
         self._policy_from_path = model is None
         if model is None:
@@ -79,7 +80,6 @@ class Trainer(CheckpointingMixin):
         self.reference = reference
         self._setup_order()
         self._setup_optimization(model, param_groups)
-        self.callbacks: List[Callback] = list(callbacks or []) + config_callbacks(config, self.order)
         self.stop_requested = False
         self._updating = False  # True while optimizer/scheduler state changes within a step
         self._saved: Optional[tuple] = None  # (step, path) of the last checkpoint written
@@ -119,6 +119,7 @@ class Trainer(CheckpointingMixin):
             self.order = CurriculumBatchOrder([self.data_plan.stages[ex.index] for ex in self.train_examples],
                                               self.global_batch_size, t.seed, self.data_plan.num_stages,
                                               self.data_plan.epochs_per_stage)
+            self.callbacks.append(curriculum_reference_callback(self.order))
         else:
             self.order = EpochBatchOrder([ex.num_tokens for ex in self.train_examples], self.global_batch_size,
                                          t.seed, t.group_by_length)
