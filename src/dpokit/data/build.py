@@ -55,8 +55,9 @@ def _make_pair(item: RankedList, i: int, j: int) -> PreferencePair:
     if item.objectives:
         extras["modpo_chosen_scores"] = [values[i] for values in item.objectives.values()]
         extras["modpo_rejected_scores"] = [values[j] for values in item.objectives.values()]
+    ids = item.response_ids or [None] * len(item.responses)
     return PreferencePair(item.prompt, item.responses[i], item.responses[j], extras,
-                          f"{item.location} (response {i} over {j})")
+                          f"{item.location} (response {i} over {j})", item.prompt_ids, ids[i], ids[j])
 
 
 def pairs_from_list(item: RankedList, strategy: str = "best_vs_worst", min_margin: float = 0.0) -> List[PreferencePair]:
@@ -130,7 +131,8 @@ def flip_pair(pair: PreferencePair) -> PreferencePair:
     for a, b in _SWAPPED_EXTRAS:
         if a in extras and b in extras:
             extras[a], extras[b] = extras[b], extras[a]
-    return PreferencePair(pair.prompt, pair.rejected, pair.chosen, extras, pair.location)
+    return PreferencePair(pair.prompt, pair.rejected, pair.chosen, extras, pair.location, pair.prompt_ids,
+                          pair.rejected_ids, pair.chosen_ids)
 
 
 def _noisy_positions(n: int, fraction: float, seed: int) -> List[int]:

@@ -15,6 +15,13 @@ Supported sources: ``.jsonl``, ``.json`` (a list of objects, or ``{"data": [...]
 
 Other numeric columns (``weight``, ``rm_margin``, ...) travel with the example as ``extras``.
 Every error names the source location (file and line, or record number) and the field.
+
+Token ids (optional; online rounds write them, so training sees exactly the sampled tokens):
+``prompt_ids`` with ``chosen_ids`` / ``rejected_ids`` (pairs), ``completion_ids`` (unpaired) or
+``response_ids`` (lists: one list per response, ``null`` where a response has none). Each is a
+non-empty list of integers; completion ids need ``prompt_ids``. Tokenization then uses the ids as
+given (no re-tokenization, no EOS appended; see :mod:`dpokit.data.tokenize`); a completion without
+ids is tokenized from its text.
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ class PreferencePair:
     rejected: Text
     extras: Dict[str, Any] = field(default_factory=dict)
     location: str = ""
+    prompt_ids: Optional[List[int]] = None  # token ids as sampled (see the module docstring)
+    chosen_ids: Optional[List[int]] = None
+    rejected_ids: Optional[List[int]] = None
 
 
 @dataclass
@@ -50,6 +60,8 @@ class UnpairedExample:
     label: bool
     extras: Dict[str, Any] = field(default_factory=dict)
     location: str = ""
+    prompt_ids: Optional[List[int]] = None
+    completion_ids: Optional[List[int]] = None
 
 
 @dataclass
@@ -79,6 +91,18 @@ class RankedList:
     metadata: Optional[List[Dict[str, Any]]] = None
     extras: Dict[str, Any] = field(default_factory=dict)
     location: str = ""
+    prompt_ids: Optional[List[int]] = None
+    response_ids: Optional[List[Optional[List[int]]]] = None  # one entry per response (None: none given)
+
+
+def completion_ids(example) -> List[Tuple[str, Optional[List[int]]]]:
+    """``(column, ids or None)`` of each completion of ``example``, in completion order."""
+    if isinstance(example, PreferencePair):
+        return [("chosen_ids", example.chosen_ids), ("rejected_ids", example.rejected_ids)]
+    if isinstance(example, RankedList):
+        given = example.response_ids or [None] * len(example.responses)
+        return [(f"response_ids[{j}]", ids) for j, ids in enumerate(given)]
+    return [("completion_ids", example.completion_ids)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -86,6 +110,7 @@ class RankedList:
 # ------------------------------------------------------------------------------------------------
 
 
+ID_FIELDS = ("prompt_ids", "chosen_ids", "rejected_ids", "completion_ids", "response_ids")
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 UNPAIRED_FIELDS = ("prompt", "completion", "label")
 
@@ -160,6 +185,29 @@ def _finite(location: str, key: Any, value) -> float:
     return number
 
 
+def token_ids(location: str, name: str, value: Any) -> List[int]:
+    """A column of token ids: a non-empty list of non-negative integers (a JSON number such as 3.0 is refused)."""
+    if not isinstance(value, list) or not value:
+        raise DataError(location, name, f"must be a non-empty list of token ids (integers), got "
+                        f"{'an empty list' if isinstance(value, list) else type(value).__name__}")
+    for j, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise DataError(location, name, f"entry {j} is {v!r}, not a token id (an integer >= 0)")
+    return list(value)
+
+
+def _record_ids(location: str, record: Dict[str, Any], columns: Sequence[str]):
+    """``(prompt ids, [completion ids per column])`` of a record (None where not given); completion ids need
+    the prompt ids they were sampled after."""
+    ids = [token_ids(location, c, record[c]) if record.get(c) is not None else None for c in columns]
+    prompt = token_ids(location, "prompt_ids", record["prompt_ids"]) if record.get("prompt_ids") is not None else None
+    if prompt is None and any(row is not None for row in ids):
+        given = next(c for c, row in zip(columns, ids) if row is not None)
+        raise DataError(location, "prompt_ids", f"is missing, but {given} is given",
+                        "completion token ids are only meaningful after the prompt ids they were sampled from")
+    return prompt, ids
+
+
 def implicit_prompt(chosen: str, rejected: str) -> Tuple[str, str, str]:
     """Split two texts sharing a prefix into (prompt, chosen_completion, rejected_completion).
 
@@ -217,7 +265,9 @@ def parse_pair(location: str, record: Dict[str, Any]) -> PreferencePair:
     if chosen == rejected:
         raise DataError(location, "rejected", "is identical to chosen", "a pair needs two different completions",
                         content=True)
-    return PreferencePair(prompt, chosen, rejected, _numeric_extras(location, record, PAIR_FIELDS), location)
+    pair = PreferencePair(prompt, chosen, rejected, _numeric_extras(location, record, PAIR_FIELDS + ID_FIELDS), location)
+    pair.prompt_ids, (pair.chosen_ids, pair.rejected_ids) = _record_ids(location, record, ("chosen_ids", "rejected_ids"))
+    return pair
 
 
 def parse_label(location: str, value: Any) -> bool:
@@ -237,10 +287,13 @@ def parse_unpaired(location: str, record: Dict[str, Any]) -> UnpairedExample:
     prompt = _check_text(location, "prompt", record["prompt"], allow_empty=True)
     completion = _check_text(location, "completion", record["completion"])
     label = parse_label(location, record["label"])
-    return UnpairedExample(prompt, completion, label, _numeric_extras(location, record, UNPAIRED_FIELDS), location)
+    example = UnpairedExample(prompt, completion, label, _numeric_extras(location, record, UNPAIRED_FIELDS + ID_FIELDS),
+                              location)
+    example.prompt_ids, (example.completion_ids,) = _record_ids(location, record, ("completion_ids",))
+    return example
 
 
-LIST_FIELDS = ("prompt", "responses", "scores", "ranks", "metadata")
+LIST_FIELDS = ("prompt", "responses", "scores", "ranks", "metadata") + ID_FIELDS
 SCORE_COLUMN_PREFIX = "scores_"
 
 
@@ -320,13 +373,24 @@ def parse_list(location: str, record: Dict[str, Any]) -> RankedList:
     else:
         metadata = None  # a record-level 'metadata' object is dropped, as in the other formats
     extras = _numeric_extras(location, record, LIST_FIELDS + tuple(score_columns))
-    return RankedList(prompt, responses, scores, ranks, objectives, primary, metadata, extras, location)
+    item = RankedList(prompt, responses, scores, ranks, objectives, primary, metadata, extras, location)
+    raw_ids = record.get("response_ids")
+    if raw_ids is not None and (not isinstance(raw_ids, list) or len(raw_ids) != k):
+        raise DataError(location, "response_ids", f"must be a list of {k} entries (one per response, each a list "
+                        f"of token ids or null), got {type(raw_ids).__name__}"
+                        + (f" of {len(raw_ids)}" if isinstance(raw_ids, list) else ""))
+    columns = tuple(f"response_ids[{j}]" for j in range(k))
+    flat = {**record, **{c: v for c, v in zip(columns, raw_ids or [])}}
+    item.prompt_ids, ids = _record_ids(location, flat, columns)
+    item.response_ids = list(ids) if raw_ids is not None else None
+    return item
 
 
 def pair_as_list(pair: PreferencePair) -> RankedList:
     """A preference pair read as a two-response list (chosen scores 1, rejected 0)."""
+    ids = None if pair.chosen_ids is None and pair.rejected_ids is None else [pair.chosen_ids, pair.rejected_ids]
     return RankedList(pair.prompt, [pair.chosen, pair.rejected], [1.0, 0.0], extras=dict(pair.extras),
-                      location=pair.location)
+                      location=pair.location, prompt_ids=pair.prompt_ids, response_ids=ids)
 
 
 @dataclass
@@ -473,6 +537,8 @@ def split_pairs(pairs: Iterable[PreferencePair]) -> List[UnpairedExample]:
     """Each pair becomes a desirable (chosen) and an undesirable (rejected) unpaired example."""
     out = []
     for pair in pairs:
-        out.append(UnpairedExample(pair.prompt, pair.chosen, True, dict(pair.extras), pair.location))
-        out.append(UnpairedExample(pair.prompt, pair.rejected, False, dict(pair.extras), pair.location))
+        out.append(UnpairedExample(pair.prompt, pair.chosen, True, dict(pair.extras), pair.location,
+                                   pair.prompt_ids, pair.chosen_ids))
+        out.append(UnpairedExample(pair.prompt, pair.rejected, False, dict(pair.extras), pair.location,
+                                   pair.prompt_ids, pair.rejected_ids))
     return out

@@ -6,6 +6,13 @@ on). The prompt gets the tokenizer's special tokens (BOS), each completion gets 
 Message lists are rendered with the tokenizer's chat template; the completion is the part of the
 rendered conversation after the rendered prompt (with the generation prompt).
 
+Token ids given with an example (``prompt_ids``, ``chosen_ids``, ... : online rounds keep the ids
+the sampler produced, see :mod:`dpokit.data.formats`) are used as they are: no rendering and no
+re-tokenization (decoding and re-encoding a sample can give other ids with BPE tokenizers), and no
+EOS appended (``append_eos`` applies to text only: a sampled completion ends with EOS exactly when
+the sampler generated it, and one cut at ``max_new_tokens`` has none). Every id must be inside the
+tokenizer's vocabulary. The truncation rules below apply to them as to tokenized text.
+
 Truncation (``max_length`` counts prompt + completion tokens):
 
 * ``max_prompt_length`` (optional) first shortens the prompt: ``keep_end`` (default) drops the
@@ -23,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import DataError
-from .formats import PreferencePair, RankedList, UnpairedExample
+from .formats import PreferencePair, RankedList, UnpairedExample, completion_ids
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +101,17 @@ def render(example, tokenizer) -> Tuple[str, List[str], bool]:
     return prompt_text, texts, True
 
 
+def _given_ids(example, vocab_size: int) -> Tuple[Optional[List[int]], List[Optional[List[int]]]]:
+    """The example's ``(prompt ids, [completion ids or None])`` as given, each id checked against the vocabulary."""
+    columns = [("prompt_ids", getattr(example, "prompt_ids", None))] + completion_ids(example)
+    for name, ids in columns:
+        for j, token in enumerate(ids or ()):
+            if not 0 <= token < vocab_size:
+                raise DataError(example.location, name, f"entry {j} is token id {token}, outside the tokenizer's "
+                                f"vocabulary ({vocab_size} ids)", "the ids must come from this run's tokenizer")
+    return columns[0][1], [ids for _, ids in columns[1:]]
+
+
 def _truncate(ids: List[int], limit: int, keep_end: bool) -> List[int]:
     if len(ids) <= limit:
         return ids
@@ -117,28 +135,32 @@ def tokenize_examples(
     if append_eos and eos is None:
         raise ValueError("the tokenizer has no eos_token_id; set one or use append_eos: false")
 
-    rendered = [render(ex, tokenizer) for ex in examples]
+    given = [_given_ids(ex, len(tokenizer)) for ex in examples]
+    rendered = [("", [], False) if prompt is not None and all(c is not None for c in comps)
+                else render(ex, tokenizer) for ex, (prompt, comps) in zip(examples, given)]
     # templated prompts already carry the template's special tokens; plain text gets BOS
-    prompt_ids_all: List[List[int]] = [[] for _ in rendered]
+    prompt_ids_all: List[List[int]] = [list(prompt) if prompt is not None else [] for prompt, _ in given]
     for templated in (False, True):
-        positions = [i for i, (_, _, t) in enumerate(rendered) if t == templated]
+        positions = [i for i, (_, _, t) in enumerate(rendered) if t == templated and given[i][0] is None]
         if positions:
             ids = tokenizer([rendered[i][0] for i in positions], add_special_tokens=not templated)["input_ids"]
             for i, row in zip(positions, ids):
                 prompt_ids_all[i] = row
-    flat_completions = [c for _, comps, _ in rendered for c in comps]
-    completion_ids_flat = tokenizer(flat_completions, add_special_tokens=False)["input_ids"] if flat_completions else []
+    flat_completions = [text for (_, comps, _), (_, ids) in zip(rendered, given) if comps
+                        for text, row in zip(comps, ids) if row is None]
+    from_text = iter(tokenizer(flat_completions, add_special_tokens=False)["input_ids"] if flat_completions else [])
 
     report = TruncationReport(total=len(examples))
     out: List[TokenizedExample] = []
-    cursor = 0
     keep_end = truncation_mode == "keep_end"
-    for i, (example, (_, comps, _)) in enumerate(zip(examples, rendered)):
+    for i, example in enumerate(examples):
         prompt_ids = list(prompt_ids_all[i])
         completions = []
-        for _ in comps:
-            ids = list(completion_ids_flat[cursor])
-            cursor += 1
+        for row in given[i][1]:
+            if row is not None:  # the ids as sampled: EOS only where it was generated
+                completions.append(list(row))
+                continue
+            ids = list(next(from_text))
             if append_eos and (not ids or ids[-1] != eos):
                 ids.append(eos)
             completions.append(ids)

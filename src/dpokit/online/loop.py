@@ -264,18 +264,20 @@ class OnlineLoop:
                 for p in prompts], True
 
     def sample(self, model, prompts: Sequence[Any], n: int, seed: int, path: Optional[str] = None):
-        """``(texts, token counts)`` of ``n`` samples per prompt, shared across processes."""
+        """``(texts, token counts, completion ids, prompt ids)`` of ``n`` samples per prompt, shared across
+        processes; counts leave out a final EOS, the ids are as generated (:class:`dpokit.sampling.Sampled`)."""
         from ..distributed import gather_objects, rank, shard_for_rank
 
         local = shard_for_rank(list(prompts))
-        texts_local, counts_local = [], []
+        texts, counts, ids, prompt_ids = [], [], [], []
         if local:
             rendered, templated = self.render(local)
             sampler = make_sampler(self.online.sampler, model, self.tokenizer,
                                    self.sampling_config(seed + 7919 * rank(), templated), path)
-            texts_local, ids = sampler.sample(rendered, n)
-            counts_local = [[len(row) for row in group] for group in ids]
-        return gather_objects(texts_local), gather_objects(counts_local)
+            sampled = sampler.sample_tokens(rendered, n)
+            texts, ids, prompt_ids = sampled.texts, sampled.completion_ids, sampled.prompt_ids
+            counts = [[len(row) for row in group] for group in sampled.samples(self.tokenizer.eos_token_id)[1]]
+        return tuple(gather_objects(part) for part in (texts, counts, ids, prompt_ids))
 
     def generate(self, r: int, prompts: Sequence[Any], rdir: str, path_name: str = "samples.jsonl",
                  seed_offset: int = 0) -> List[JudgedPrompt]:
@@ -291,17 +293,22 @@ class OnlineLoop:
                     continue
                 seed = self.config.train.seed + 1_000_003 * (r + 1) + 9973 * s_index + start + seed_offset
                 with self.strategy.sampler_model(source) as model:
-                    texts, counts = self.sample(model, [prompts[i] for i in missing], n, seed,
-                                                self._sampler_path(r))
-                rows = [{"index": i, "source": source, "prompt": prompts[i], "responses": t, "num_tokens": c}
-                        for i, t, c in zip(missing, texts, counts)]
+                    texts, counts, ids, prompt_ids = self.sample(model, [prompts[i] for i in missing], n, seed,
+                                                                 self._sampler_path(r))
+                rows = [{"index": i, "source": source, "prompt": prompts[i], "responses": t, "num_tokens": c,
+                         "prompt_ids": p, "completion_ids": c_ids}
+                        for i, t, c, c_ids, p in zip(missing, texts, counts, ids, prompt_ids)]
                 if is_main_process():
                     append_jsonl(path, rows)
                 done.update({(row["index"], source): row for row in rows})
+        without_ids = 0
         for (i, source), row in done.items():
             if i < len(groups):
-                groups[i].responses[source] = row["responses"]
-                groups[i].num_tokens[source] = row.get("num_tokens", [0] * len(row["responses"]))
+                groups[i].add_samples(source, row)
+                without_ids += row.get("completion_ids") is None
+        if without_ids:
+            logger.warning(f"online: {path}: {without_ids} sample row(s) carry no token ids (written by an older "
+                           "version); their responses are trained on their re-tokenized text")
         return groups
 
     def _sampler_path(self, r: int) -> Optional[str]:
@@ -392,7 +399,7 @@ class OnlineLoop:
         if self.eval_prompts and self.judge is not None:
             n = self.online.eval_samples_per_prompt
             with self.strategy.sampler_model("policy") as model:
-                texts, _ = self.sample(model, self.eval_prompts, n, self.config.train.seed + 424242)
+                texts = self.sample(model, self.eval_prompts, n, self.config.train.seed + 424242)[0]
             groups = [JudgedPrompt(i, p, {"policy": t}) for i, (p, t) in enumerate(zip(self.eval_prompts, texts))]
             calls = self.judge_calls
             scored = os.path.join(self.round_dir(r), "eval_scores.jsonl")

@@ -8,7 +8,7 @@ import os
 import random
 from typing import Any, Dict, List, Sequence, Tuple
 
-from ..data.formats import PreferencePair
+from ..data.formats import parse_pair
 from ..distributed import barrier, is_main_process
 from ..train import checkpoint as ckpt
 from ..io import write_jsonl
@@ -46,9 +46,8 @@ class RefreshingRound:
         return rows[:self.size]
 
     def _tokenized(self, trainer, rows: List[dict]):
-        pairs = [PreferencePair(row["prompt"], row["chosen"], row["rejected"],
-                                {k: float(v) for k, v in row.items() if k not in ("prompt", "chosen", "rejected")},
-                                f"refresh pair {i}") for i, row in enumerate(rows)]
+        # read as the round's train file is read: extras and token ids (the sampled tokens) included
+        pairs = [parse_pair(f"refresh slice pair {i}", row) for i, row in enumerate(rows)]
         examples, _ = trainer.tokenize(pairs)
         for position, example in enumerate(examples):
             example.index = position

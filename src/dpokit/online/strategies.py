@@ -27,7 +27,7 @@ from ..losses import resolve_name
 from ..models import trainable_state
 from .engines import SideRowsEngine, TwoModuleEngine, active_adapter
 from ..io import read_jsonl
-from .rounds import SOURCES, JudgedPrompt, select_pairs
+from .rounds import PAIR_ROW_KEYS, SOURCES, JudgedPrompt, pair_info as _info, select_pairs
 
 class RoundContext(Protocol):
     """What a strategy may use of the loop that runs it (:class:`dpokit.online.loop.OnlineLoop`)."""
@@ -144,7 +144,7 @@ class RoundStrategy:
             scores = self.effective_scores(group)
             for i, j in select_pairs([t for _, t in flat], scores, self.loop.online.pairs,
                                      self.loop.online.min_margin):
-                train.append({"prompt": group.prompt, "chosen": flat[i][1], "rejected": flat[j][1]})
+                train.append(group.pair_row(i, j))
                 info.append(_info(group, r, i, j, scores))
         return train, info
 
@@ -154,13 +154,13 @@ class RoundStrategy:
         rows = []
         for group in groups:
             keep, seen = [], set()
-            for (_, text), score in zip(group.flat(), self.effective_scores(group)):
+            for k, ((_, text), score) in enumerate(zip(group.flat(), self.effective_scores(group))):
                 if not is_empty(text) and text_key(text) not in seen:
                     seen.add(text_key(text))
-                    keep.append((text, score))
-            if len(keep) >= 2 and len({score for _, score in keep}) > 1:
-                rows.append({"prompt": group.prompt, "responses": [t for t, _ in keep],
-                             "scores": [score for _, score in keep]})
+                    keep.append((text, score, k))
+            if len(keep) >= 2 and len({score for _, score, _ in keep}) > 1:
+                rows.append({"prompt": group.prompt, "responses": [t for t, *_ in keep],
+                             "scores": [score for _, score, _ in keep], **group.list_ids([k for *_, k in keep])})
         return rows
 
     def callbacks(self) -> List[Callable]:
@@ -194,13 +194,6 @@ def check_options(cls, options: Dict[str, Any]) -> Dict[str, Any]:
         raise ConfigError(f"online.options: strategy {cls.name!r} has no option(s) {unknown}; "
                           f"it accepts {valid or 'none'}")
     return dict(options or {})
-
-
-def _info(group: JudgedPrompt, r: int, i: int, j: int, scores: Sequence[float], **extra) -> dict:
-    flat = group.flat()
-    return {"round": r, "prompt_index": group.index, "prompt": group.prompt, "chosen": flat[i][1],
-            "rejected": flat[j][1], "chosen_source": flat[i][0], "rejected_source": flat[j][0],
-            "chosen_score": scores[i], "rejected_score": scores[j], **extra}
 
 
 @register_strategy("online_dpo")
@@ -272,7 +265,7 @@ class DNO(RoundStrategy):
                 if (i, j) in seen:
                     continue
                 seen.add((i, j))
-                train.append({"prompt": group.prompt, "chosen": flat[i][1], "rejected": flat[j][1]})
+                train.append(group.pair_row(i, j))
                 info.append(_info(group, r, i, j, scores, teacher=answer is not None))
         replay = self.opts["replay"]
         if replay and r > 0:
@@ -286,7 +279,7 @@ class DNO(RoundStrategy):
                 older = [row for row in read_jsonl(os.path.join(self.loop.round_dir(r - back), "pairs.jsonl"))
                          if row.get("round") == r - back]
                 for row in rng.sample(older, min(count, len(older))):
-                    train.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]})
+                    train.append({k: row[k] for k in PAIR_ROW_KEYS if k in row})
                     info.append({**row, "replayed_in": r})
         return train, info
 
@@ -327,8 +320,7 @@ class SPPO(RoundStrategy):
             flat = group.flat()
             rates = [sum(row) / len(row) for row in group.win]
             for i, j in select_pairs([t for _, t in flat], rates, "best_vs_worst", self.loop.online.min_margin):
-                train.append({"prompt": group.prompt, "chosen": flat[i][1], "rejected": flat[j][1],
-                              "win_prob_chosen": rates[i], "win_prob_rejected": rates[j]})
+                train.append(group.pair_row(i, j, win_prob_chosen=rates[i], win_prob_rejected=rates[j]))
                 info.append(_info(group, r, i, j, group.scores, win_prob_chosen=rates[i],
                                   win_prob_rejected=rates[j]))
         return train, info
@@ -419,8 +411,7 @@ class XPO(RoundStrategy):
                         or (scores[i] == scores[j] and not self.opts["keep_ties"]):
                     continue
                 chosen, rejected = (i, j) if scores[i] >= scores[j] else (j, i)
-                train.append({"prompt": group.prompt, "chosen": flat[chosen][1], "rejected": flat[rejected][1],
-                              "ref_is_chosen": 1.0 if chosen == j else 0.0})
+                train.append(group.pair_row(chosen, rejected, ref_is_chosen=1.0 if chosen == j else 0.0))
                 info.append(_info(group, r, chosen, rejected, scores))
         return train, info
 
@@ -485,10 +476,13 @@ class HyPO(RoundStrategy):
         d = self.loop.config.data
         side: Dict[int, tuple] = {}
         for group in groups:
-            samples = [t for t in group.responses.get("policy", []) if t.strip()]
+            samples = [(t, ids) for t, ids in zip(group.responses.get("policy", []),
+                                                  group.completion_ids.get("policy", [])) if t.strip()]
             if not samples:
                 continue
-            examples = [UnpairedExample(group.prompt, text, True, {}, f"round sample {group.index}") for text in samples]
+            prompt_ids = group.prompt_ids.get("policy")
+            examples = [UnpairedExample(group.prompt, text, True, {}, f"round sample {group.index}",
+                                        prompt_ids if ids is not None else None, ids) for text, ids in samples]
             tokenized, _ = tokenize_examples(examples, self.loop.tokenizer, d.max_length, d.max_prompt_length,
                                              d.truncation_mode, d.append_eos, "skip")
             if tokenized:
