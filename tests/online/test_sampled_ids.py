@@ -183,3 +183,32 @@ def test_a_samples_file_without_ids_still_resumes_on_the_text(policy_dir, prompt
     loop.score(groups, str(rdir / "scores.jsonl"))
     rows, _ = loop.strategy.rows(groups, 0)
     assert rows and all(set(row) == {"prompt", "chosen", "rejected"} for row in rows)  # text: tokenized as before
+
+
+def test_rows_carry_the_ids_of_each_side_and_lists_one_entry_per_response():
+    from types import SimpleNamespace
+
+    from dpokit.online.rounds import PAIR_ROW_KEYS, JudgedPrompt, pair_info
+    from dpokit.online.strategies import STRATEGIES
+
+    group = JudgedPrompt(0, "q")
+    group.add_samples("policy", {"responses": ["a", "b"], "num_tokens": [1, 2], "prompt_ids": [1, 9],
+                                 "completion_ids": [[5, 2], [6, 7]]})
+    group.responses["teacher"] = ["t"]  # an answer that was not sampled: no ids
+    group.scores = [0.0, 1.0, 2.0]
+    assert group.flat_ids() == [[5, 2], [6, 7], None]
+    assert group.pair_row(1, 0, w=1.0) == {"prompt": "q", "chosen": "b", "rejected": "a", "w": 1.0,
+                                           "prompt_ids": [1, 9], "chosen_ids": [6, 7], "rejected_ids": [5, 2]}
+    assert group.pair_row(2, 0) == {"prompt": "q", "chosen": "t", "rejected": "a", "prompt_ids": [1, 9],
+                                    "rejected_ids": [5, 2]}
+    info = pair_info(group, 3, 1, 0, group.scores)
+    assert info["chosen_ids"] == [6, 7] and set(PAIR_ROW_KEYS) <= set(info)  # DNO replays these columns
+    strategy = STRATEGIES["online_dpo"](SimpleNamespace(online=SimpleNamespace(max_new_tokens=5)), {})
+    (row,) = strategy.list_rows([group])
+    assert row["responses"] == ["a", "b", "t"] and row["response_ids"] == [[5, 2], [6, 7], None]
+    assert row["prompt_ids"] == [1, 9]
+    group.add_samples("reference", {"responses": ["c"], "prompt_ids": [1, 8], "completion_ids": [[4]]})
+    assert group.pair_row(1, 2) == {"prompt": "q", "chosen": "b", "rejected": "c"}  # prompts differ: text only
+    old = JudgedPrompt(1, "q")
+    old.add_samples("policy", {"responses": ["a", "b"]})  # a samples row of an older version
+    assert old.pair_row(0, 1) == {"prompt": "q", "chosen": "a", "rejected": "b"}
