@@ -15,7 +15,7 @@ What fills the fields, per modality:
   log-probs ``log pi(y | x)``; per-token log-probs, masks, lengths, vocabulary statistics and the
   ``list_*`` fields when the loss's ``Needs`` ask for them. Layouts and chunked projection are the
   scorer's business.
-* **diffusion models** (a scorer of the same protocol): for a sample ``x_0`` with condition ``c``,
+* **diffusion models** (:mod:`dpokit.scoring.diffusion`, kind ``"diffusion"``): for a sample ``x_0`` with condition ``c``,
   timestep ``t`` and noise ``eps`` shared by the chosen and rejected sample of a pair (or a whole
   group), the denoising surrogate of the log-likelihood is
   ``lp(x) = -w(t) * mean_D (eps_theta(x_t, t, c) - eps)^2`` and ``lr(x)`` the same with the frozen
@@ -85,8 +85,12 @@ def _lm_scorer(config, needs: Needs, tokenizer, model) -> Scorer:
 
 
 def build_scorer(config, needs: Needs, tokenizer, model, kind: str = "causal_lm") -> Scorer:
-    """The scorer of ``kind`` for a run (``causal_lm`` for every model dpokit trains today)."""
+    """The scorer of ``kind`` for a run: ``causal_lm`` (third argument: the tokenizer) or ``diffusion``
+    (third argument: the noise scheduler loaded with the denoiser, see :mod:`dpokit.scoring.diffusion`)."""
     factory = SCORERS.get(kind)
     if factory is None:
         raise ValueError(f"scorer {kind!r} is not one of {', '.join(sorted(SCORERS))}")
     return factory(config, needs, tokenizer, model)
+
+
+from . import diffusion  # noqa: E402,F401  registers the "diffusion" scorer
