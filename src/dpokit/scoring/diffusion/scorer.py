@@ -76,8 +76,10 @@ def predict(model, x_t: torch.Tensor, t: torch.Tensor, conditions: Dict[str, tor
 
 
 def per_sample_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``mean_D (prediction - target)^2`` per sample: [N, *S] -> [N]."""
-    return (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    """``mean_D (prediction - target)^2`` per sample: [N, *S] -> [N], in float32 at least (fp16/bf16
+    predictions are upcast; float64 stays float64)."""
+    dtype = torch.promote_types(prediction.dtype, torch.float32)
+    return (prediction.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(dim=1)
 
 
 class DiffusionScorer:
