@@ -21,7 +21,8 @@ What fills the fields, per modality:
   ``lp(x) = -w(t) * mean_D (eps_theta(x_t, t, c) - eps)^2`` and ``lr(x)`` the same with the frozen
   reference denoiser, written into the same fields (``policy_chosen_logps = lp(x_w)``,
   ``reference_chosen_logps = lr(x_w)``, ...). Then ``lp - lr`` plays the role of the LM log-ratio:
-  Diffusion-DPO *is* the ``dpo`` loss with ``beta`` absorbing ``T * w(t)``, listwise losses read
+  Diffusion-DPO *is* the ``dpo`` loss (``beta = 0.5 * beta_dpo`` of the official Salesforce code,
+  ``= beta_dpo`` of the diffusers script; docs/diffusion.md), listwise losses read
   ``list_policy_logps`` of K samples with shared noise, and ``lengths`` are 1. Timestep sampling,
   shared noise, inversion for ``x_t`` and per-region masks live in that scorer and its data, never in
   the trainer. A scorer that cannot fill a field a loss needs refuses it when it is built
