@@ -56,6 +56,17 @@ def cmd_demo(args) -> int:
         from .config import set_by_path
 
         set_by_path(hparams, item)
+    if args.modality == "diffusion":  # Diffusion-DPO on the bimodal image task (dpokit.tasks.diffusion_demo)
+        from .tasks.diffusion_demo import DiffusionDemoSettings, run_diffusion_demo
+
+        output_dir = args.output_dir if args.output_dir != "runs/demo" else "runs/demo-diffusion"
+        diffusion = DiffusionDemoSettings(output_dir=output_dir, loss=args.loss, loss_hparams=hparams,
+                                          seed=args.seed, prefer=args.prefer)
+        if args.quick:
+            diffusion.pretrain_steps, diffusion.samples_per_class, diffusion.dpo_epochs = 60, 32, 1
+            diffusion.eval_per_class, diffusion.sample_steps = 16, 5
+        run_diffusion_demo(diffusion)
+        return 0
     settings = DemoSettings(output_dir=args.output_dir, loss=args.loss, loss_hparams=hparams, seed=args.seed)
     if args.quick:
         settings.n_train_prompts, settings.n_eval_prompts = 200, 60
@@ -116,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="online_dpo", help="round strategy with --online (online_dpo, "
                    "iterative_dpo, dno, sppo, apo, xpo, hypo, ofs_dpo)")
     p.add_argument("--rounds", type=int, default=4, help="number of rounds with --online")
+    p.add_argument("--modality", choices=("text", "diffusion"), default="text",
+                   help="text: the parity task on a tiny Llama; diffusion: Diffusion-DPO on 8x8 bimodal images")
+    p.add_argument("--prefer", choices=("A", "B"), default="A",
+                   help="with --modality diffusion: the preferred image mode (A: red left, B: blue right)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("losses", help="list the registered objectives")

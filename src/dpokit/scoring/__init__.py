@@ -15,13 +15,14 @@ What fills the fields, per modality:
   log-probs ``log pi(y | x)``; per-token log-probs, masks, lengths, vocabulary statistics and the
   ``list_*`` fields when the loss's ``Needs`` ask for them. Layouts and chunked projection are the
   scorer's business.
-* **diffusion models** (a scorer of the same protocol): for a sample ``x_0`` with condition ``c``,
+* **diffusion models** (:mod:`dpokit.scoring.diffusion`, kind ``"diffusion"``): for a sample ``x_0`` with condition ``c``,
   timestep ``t`` and noise ``eps`` shared by the chosen and rejected sample of a pair (or a whole
   group), the denoising surrogate of the log-likelihood is
   ``lp(x) = -w(t) * mean_D (eps_theta(x_t, t, c) - eps)^2`` and ``lr(x)`` the same with the frozen
   reference denoiser, written into the same fields (``policy_chosen_logps = lp(x_w)``,
   ``reference_chosen_logps = lr(x_w)``, ...). Then ``lp - lr`` plays the role of the LM log-ratio:
-  Diffusion-DPO *is* the ``dpo`` loss with ``beta`` absorbing ``T * w(t)``, listwise losses read
+  Diffusion-DPO *is* the ``dpo`` loss (``beta = 0.5 * beta_dpo`` of the official Salesforce code,
+  ``= beta_dpo`` of the diffusers script; docs/diffusion.md), listwise losses read
   ``list_policy_logps`` of K samples with shared noise, and ``lengths`` are 1. Timestep sampling,
   shared noise, inversion for ``x_t`` and per-region masks live in that scorer and its data, never in
   the trainer. A scorer that cannot fill a field a loss needs refuses it when it is built
@@ -85,8 +86,12 @@ def _lm_scorer(config, needs: Needs, tokenizer, model) -> Scorer:
 
 
 def build_scorer(config, needs: Needs, tokenizer, model, kind: str = "causal_lm") -> Scorer:
-    """The scorer of ``kind`` for a run (``causal_lm`` for every model dpokit trains today)."""
+    """The scorer of ``kind`` for a run: ``causal_lm`` (third argument: the tokenizer) or ``diffusion``
+    (third argument: the noise scheduler loaded with the denoiser, see :mod:`dpokit.scoring.diffusion`)."""
     factory = SCORERS.get(kind)
     if factory is None:
         raise ValueError(f"scorer {kind!r} is not one of {', '.join(sorted(SCORERS))}")
     return factory(config, needs, tokenizer, model)
+
+
+from . import diffusion  # noqa: E402,F401  registers the "diffusion" scorer
