@@ -1,12 +1,16 @@
+"""Reading preference data (dpokit.data.formats): formats, implicit prompts, ranked lists, and errors
+that name the file, line and field."""
+
 import json
 import os
+import re
 
 import pytest
 
 from dpokit.data import DataError, LoadReport, implicit_prompt, load_examples, split_pairs
 from dpokit.data.formats import iter_records
 
-from conftest import HH_PATH, write_jsonl
+from conftest import write_jsonl
 
 
 def test_explicit_prompt_jsonl(tmp_path):
@@ -30,16 +34,65 @@ def test_implicit_prompt_without_marker_uses_common_prefix():
     assert implicit_prompt("abcX", "abcY") == ("abc", "X", "Y")
 
 
-@pytest.mark.skipif(not os.path.exists(HH_PATH), reason="shared HH-RLHF sample not found next to the repository")
-def test_hh_rlhf_sample_parses_and_reports_unusable_rows():
+HH_TURNS = [
+    ("How do I get a stain out of a rug?", "Blot it with cold water and a little dish soap."),
+    ("What if it is red wine?", "Cover it with salt first, then blot."),
+    ("And an old one?", "Try a paste of baking soda and vinegar."),
+]
+HH_BAD_LINES = (4, 11)  # the chosen answer is empty: nothing follows the last "Assistant:"
+
+
+def hh_rows(n):
+    """HH-RLHF style records: multi-turn dialogues that share every turn but the last answer."""
+    rows = []
+    for i in range(n):
+        turns = HH_TURNS[: 1 + i % len(HH_TURNS)]
+        history = "".join(f"\n\nHuman: {q}\n\nAssistant: {a}" for q, a in turns[:-1])
+        prefix = f"{history}\n\nHuman: {turns[-1][0]} (case {i})\n\nAssistant:"
+        chosen = "" if i + 1 in HH_BAD_LINES else f" {turns[-1][1]}"
+        rows.append({"chosen": prefix + chosen, "rejected": prefix + f" I won't help with rug {i}."})
+    return rows
+
+
+def test_hh_rlhf_format_parses_and_reports_unusable_rows(tmp_path):
+    rows = hh_rows(24)
+    path = write_jsonl(tmp_path / "hh-rlhf-sample.jsonl", rows)
     report = LoadReport()
-    examples = load_examples(HH_PATH, report=report)
-    assert report.records == 1600
-    assert len(examples) + len(report.skipped) == 1600
-    assert all("hh-rlhf-harmless-1600.jsonl:" in s for s in report.skipped)
+    examples = load_examples(path, report=report)
+    assert report.records == 24
+    assert len(examples) == 24 - len(HH_BAD_LINES) and len(report.skipped) == len(HH_BAD_LINES)
+    assert [s.split(",")[0] for s in report.skipped] == [f"hh-rlhf-sample.jsonl:{n}" for n in HH_BAD_LINES]
+    assert all("field 'chosen'" in s for s in report.skipped)
+    good = [row for n, row in enumerate(rows, 1) if n not in HH_BAD_LINES]
+    for ex, row in zip(examples, good):
+        assert ex.prompt.endswith("\n\nAssistant:") and ex.prompt + ex.chosen == row["chosen"]
+        assert ex.prompt + ex.rejected == row["rejected"]
+        assert ex.prompt.count("Assistant:") == row["chosen"].count("Assistant:")  # every turn stays in the prompt
+    assert {ex.prompt.count("Human:") for ex in examples} == {1, 2, 3}
+    with pytest.raises(DataError, match=rf"hh-rlhf-sample.jsonl:{HH_BAD_LINES[0]}, field 'chosen'"):
+        load_examples(path, on_bad_content="error")
+
+
+HH_RLHF_FILE = os.environ.get("DPOKIT_HH_RLHF_FILE")
+
+
+@pytest.mark.skipif(not HH_RLHF_FILE, reason="opt-in check on real HH-RLHF data: set DPOKIT_HH_RLHF_FILE to a "
+                    "local HH-RLHF JSONL file (test_hh_rlhf_format_parses_and_reports_unusable_rows covers the format)")
+def test_real_hh_rlhf_file_parses_and_reports_unusable_rows():
+    """The same checks on a real HH-RLHF file, whose text is messier than the synthetic rows."""
+    with open(HH_RLHF_FILE, encoding="utf-8") as handle:
+        lines = sum(1 for line in handle if line.strip())
+    report = LoadReport()
+    examples = load_examples(HH_RLHF_FILE, report=report)
+    assert report.records == lines and len(examples) + len(report.skipped) == lines
+    assert len(examples) > 0.9 * lines
+    name = os.path.basename(HH_RLHF_FILE)
+    assert all(s.startswith(f"{name}:") for s in report.skipped)
     assert all(ex.prompt.endswith("Assistant:") for ex in examples)
-    with pytest.raises(DataError, match=r"hh-rlhf-harmless-1600.jsonl:54, field 'chosen'"):
-        load_examples(HH_PATH, on_bad_content="error")
+    if report.skipped:  # "error" stops at the first row "skip" skipped, and names it
+        first = report.skipped[0].split(",")[0]  # FILE:LINE
+        with pytest.raises(DataError, match=re.escape(first + ",")):
+            load_examples(HH_RLHF_FILE, on_bad_content="error")
 
 
 def test_conversational_explicit_and_implicit(tmp_path):
@@ -129,3 +182,47 @@ def test_missing_file_and_unknown_suffix(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ValueError, match="unsupported data file type"):
         list(iter_records(str(tmp_path / "x.txt")))
+
+
+# ---- parsing --------------------------------------------------------------------------------------
+def test_list_records_parse(tmp_path):
+    rows = [
+        {"prompt": "p", "responses": [" a", " b", " c"], "scores": [0.5, 2, -1], "weight": 2.0},
+        {"prompt": "q", "responses": [" a", " b"], "ranks": [2, 1], "scores_safety": [1, 0],
+         "metadata": [{"model": "x"}, {"model": "y"}], "weight": 1},
+        {"prompt": "r", "responses": [" a", " b"], "scores": {"help": [1, 0], "safe": [0, 1]}, "weight": 1},
+        {"prompt": "s", "chosen": " yes", "rejected": " no", "weight": 1},  # a pair is a two-response list
+    ]
+    a, b, c, d = load_examples(write_jsonl(tmp_path / "l.jsonl", rows), kind="lists")
+    assert a.scores == [0.5, 2.0, -1.0] and a.extras == {"weight": 2.0} and a.location == "l.jsonl:1"
+    assert b.ranks == [2.0, 1.0] and b.scores == [-2.0, -1.0] and b.primary == "ranks"
+    assert b.objectives == {"safety": [1.0, 0.0]} and b.metadata[1] == {"model": "y"}
+    assert c.primary == "help" and c.scores == [1.0, 0.0] and c.objectives == {"safe": [0.0, 1.0]}
+    assert d.responses == [" yes", " no"] and d.scores == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("record, field, problem", [
+    ({"prompt": "p", "responses": [" a"], "scores": [1]}, "responses", "has 1 response"),
+    ({"prompt": "p", "responses": [" a", " b"], "scores": [1, float("nan")]}, "scores", "entry 1 is NaN"),
+    ({"prompt": "p", "responses": [" a", " b"], "scores": [1, 2, 3]}, "scores", "has 3 values for 2 responses"),
+    ({"prompt": "p", "responses": [" a", " b"], "ranks": [1]}, "ranks", "has 1 values for 2 responses"),
+    ({"prompt": "p", "responses": [" a", " b"], "scores": [1, 0], "ranks": [1, 2]}, "ranks", "together"),
+    ({"prompt": "p", "responses": [" a", " b"]}, "scores", "is missing"),
+    ({"prompt": "p", "responses": [" a", " b"], "scores": [1, "x"]}, "scores", "entry 1 must be a number"),
+    ({"prompt": "p", "responses": [" a", " b"], "ranks": [0, 1]}, "ranks", "ranks start at 1"),
+    ({"prompt": "p", "responses": [" a", " b"], "scores": [1, 0], "scores_x": [1]}, "scores_x", "has 1 values"),
+    ({"responses": [" a", " b"], "scores": [1, 0]}, "prompt", "is missing"),
+    ({"prompt": "p", "responses": [" a", 3], "scores": [1, 0]}, "responses[1]", "must be a string"),
+])
+def test_list_errors_name_file_line_and_field(tmp_path, record, field, problem):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "ok", "responses": [" a", " b"], "scores": [1, 0]}\n'
+                    + __import__("json").dumps(record) + "\n")
+    with pytest.raises(DataError, match=rf"bad.jsonl:2, field '{re.escape(field)}'.*{problem}"):
+        load_examples(str(path), kind="lists")
+
+
+def test_list_record_under_pairs_kind_points_to_lists(tmp_path):
+    path = write_jsonl(tmp_path / "l.jsonl", [{"prompt": "p", "responses": [" a", " b"], "scores": [1, 0]}])
+    with pytest.raises(DataError, match="data.kind: lists"):
+        load_examples(path)

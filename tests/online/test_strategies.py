@@ -1,57 +1,17 @@
 """Round strategies on a tiny model: which reference each round trains against, APO's extrapolation,
-SPPO's win probabilities, XPO/DNO/HyPO/OFS-DPO data, per-step refresh, TR-DPO sync, and resume."""
+SPPO's win probabilities, and the XPO/DNO/HyPO/OFS-DPO data."""
 
 import json
 
 import pytest
-from safetensors.torch import load_file
 
 from dpokit.config import ConfigError, from_dict
 from dpokit.preflight import checked_config
-from dpokit.online.loop import OnlineLoop, load_prompts, read_jsonl, select_pairs
+from dpokit.online.loop import OnlineLoop, read_jsonl
 
-from .conftest import PROMPTS, length_judge, online_raw, same_weights
+from .conftest import PROMPTS, loop_for, online_raw, round_policy, same_weights
 
-
-class SpyLoop(OnlineLoop):
-    """Records, for every round's Trainer, the reference weights and the policy it starts from."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.references, self.starts = [], []
-
-    def make_trainer(self, config, callbacks=()):
-        trainer = super().make_trainer(config, callbacks)
-        ref = trainer.reference.model
-        self.references.append({k: v.detach().clone() for k, v in ref.named_parameters()})
-        self.starts.append({k: v.detach().clone() for k, v in self.policy.named_parameters()})
-        return trainer
-
-
-def loop_for(policy_dir, tmp_path, strategy, prompts_file=None, cls=SpyLoop, judge=None, raw_updates=None, **online):
-    raw = online_raw(policy_dir, tmp_path / "run", strategy, **online)
-    if prompts_file:
-        raw["online"]["prompts"] = prompts_file
-    for section, values in (raw_updates or {}).items():
-        raw[section] = {**raw.get(section, {}), **values}
-    return cls(from_dict(raw), judge=judge)
-
-
-def round_policy(tmp_path, r):
-    return load_file(str(tmp_path / "run" / "rounds" / f"round-{r:03d}" / "policy.safetensors"))
-
-
-def test_select_pairs_and_prompt_loading(tmp_path):
-    assert select_pairs(["a", "b", "c"], [0.0, 2.0, 1.0]) == [(1, 0)]
-    assert select_pairs(["a", "b", "c"], [0.0, 2.0, 1.0], "all_pairs") == [(1, 2), (1, 0), (2, 0)]
-    assert select_pairs(["a", "a", "c"], [1.0, 1.0, 1.0]) == []  # ties give nothing
-    assert select_pairs(["a", "b"], [1.0, 0.5], min_margin=0.6) == []
-    assert select_pairs(["a", "b"], [1.0, 0.5], min_margin=0.5) == [(0, 1)]
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in (
-        {"prompt": "x", "chosen": "a", "rejected": "b"}, {"prompt": "x", "chosen": "c", "rejected": "d"},
-        {"chosen": "Human: y\n\nAssistant: a", "rejected": "Human: y\n\nAssistant: b"})))
-    assert load_prompts(str(path)) == ["x", "Human: y\n\nAssistant:"]
+pytestmark = pytest.mark.slow  # online runs end to end: sampling, judging and training rounds
 
 
 def test_online_dpo_keeps_the_initial_reference_iterative_uses_the_previous_policy(policy_dir, prompts_file, tmp_path):
@@ -188,101 +148,3 @@ def test_ofs_dpo_trains_two_lora_modules_with_fast_and_slow_rates(policy_dir, pr
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "final"))  # the fast module, merged
-
-
-def test_fresh_pairs_every_step(policy_dir, prompts_file, tmp_path):
-    loop = loop_for(policy_dir, tmp_path, "online_dpo", prompts_file, rounds=1, refresh_every=1, prompts_per_round=8,
-                    samples_per_prompt=4)
-    result = loop.run()
-    rdir = tmp_path / "run" / "rounds" / "round-000"
-    assert (rdir / "samples-0000.jsonl").exists() and (rdir / "samples-0001.jsonl").exists()
-    assert result["metrics"][0]["slices"] == 2 and result["metrics"][0]["steps"] == 2
-    with pytest.raises(ConfigError, match="refresh_every"):
-        checked_config(online_raw(policy_dir, tmp_path / "x", "iterative_dpo", prompts="p.jsonl", refresh_every=1))
-
-
-def test_reference_sync_carries_over_rounds(policy_dir, prompts_file, tmp_path):
-    loop = loop_for(policy_dir, tmp_path, "online_dpo", prompts_file,
-                    raw_updates={"reference": {"sync_every": 1, "sync_alpha": 1.0}})
-    loop.run()
-    # a hard sync after every step: round 1's reference is round 0's final policy
-    assert same_weights(loop.references[1], round_policy(tmp_path, 0), atol=1e-6)
-
-
-class FlakyJudge:
-    """Counts judged responses; raises once ``fail_after`` responses were judged."""
-
-    def __init__(self, fail_after=None):
-        self.count, self.fail_after = 0, fail_after
-
-    def score(self, prompts, responses):
-        if self.fail_after is not None and self.count + len(responses) > self.fail_after:
-            raise RuntimeError("judge crashed")
-        self.count += len(responses)
-        return [length_judge(p, r) for p, r in zip(prompts, responses)]
-
-
-def test_resume_reuses_samples_and_scores_and_skips_finished_rounds(policy_dir, prompts_file, tmp_path, monkeypatch):
-    # 8 prompts x 3 samples per round, judged in chunks of 4 prompts (12 responses)
-    first = FlakyJudge(fail_after=24 + 12)  # round 0 (24) and round 1's first chunk, then a crash
-    loop = loop_for(policy_dir, tmp_path, "iterative_dpo", prompts_file, judge=first, generation_batch_size=4)
-    with pytest.raises(RuntimeError, match="judge crashed"):
-        loop.run()
-    rdir = tmp_path / "run" / "rounds" / "round-001"
-    assert (tmp_path / "run" / "rounds" / "round-000" / "DONE").exists() and not (rdir / "DONE").exists()
-    samples_before = (rdir / "samples.jsonl").read_text()
-    assert len(read_jsonl(str(rdir / "scores.jsonl"))) == 4
-
-    sampled = []
-    original = OnlineLoop.sample
-    monkeypatch.setattr(OnlineLoop, "sample", lambda self, *a, **k: sampled.append(1) or original(self, *a, **k))
-    second = FlakyJudge()
-    with pytest.raises(ConfigError, match="--resume"):
-        loop_for(policy_dir, tmp_path, "iterative_dpo", prompts_file, judge=second, generation_batch_size=4).run()
-    loop = loop_for(policy_dir, tmp_path, "iterative_dpo", prompts_file, judge=second, generation_batch_size=4)
-    result = loop.run(resume=True)
-    assert result["status"] == "completed"
-    assert second.count == 12  # only round 1's unjudged chunk
-    assert sampled == []  # every sample was on disk
-    assert (rdir / "samples.jsonl").read_text() == samples_before
-    assert len(read_jsonl(str(rdir / "scores.jsonl"))) == 8
-    # the resumed round's reference is round 0's policy, as in an uninterrupted run
-    assert same_weights(loop.references[0], round_policy(tmp_path, 0))
-    assert len(read_jsonl(str(tmp_path / "run" / "rounds.jsonl"))) == 2
-    # everything done: resuming again judges and trains nothing
-    third = FlakyJudge()
-    loop_for(policy_dir, tmp_path, "iterative_dpo", prompts_file, judge=third, generation_batch_size=4).run(resume=True)
-    assert third.count == 0
-
-
-def test_config_validation(policy_dir, tmp_path):
-    raw = online_raw(policy_dir, tmp_path / "run", "no_such_strategy", prompts="p.jsonl")
-    with pytest.raises(ConfigError, match="online.strategy"):
-        checked_config(raw)
-    with pytest.raises(ConfigError, match="online.options"):
-        checked_config(online_raw(policy_dir, tmp_path / "run", "apo", prompts="p.jsonl", options={"beta": 1}))
-    raw = online_raw(policy_dir, tmp_path / "run", "online_dpo", prompts="p.jsonl")
-    raw["online"].pop("judge")
-    with pytest.raises(ConfigError, match="online.judge"):
-        checked_config(raw)
-    with pytest.raises(ConfigError, match="samples_per_prompt"):
-        checked_config(online_raw(policy_dir, tmp_path / "run", "sppo", prompts="p.jsonl", samples_per_prompt=1))
-
-
-def test_listwise_loss_trains_on_the_judged_lists(policy_dir, prompts_file, tmp_path):
-    loop = loop_for(policy_dir, tmp_path, "online_dpo", prompts_file, rounds=1, samples_per_prompt=4,
-                    raw_updates={"loss": {"name": "plackett_luce", "beta": 0.5}, "data": {"kind": "lists"}})
-    loop.run()
-    rows = read_jsonl(str(tmp_path / "run" / "rounds" / "round-000" / "train.jsonl"))
-    assert rows and all(len(r["responses"]) == len(r["scores"]) >= 2 and len(set(r["scores"])) > 1 for r in rows)
-    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
-
-
-def test_lora_policy_uses_its_base_as_the_frozen_reference(policy_dir, prompts_file, tmp_path):
-    from dpokit.reference import AdapterDisabledReference
-
-    loop = loop_for(policy_dir, tmp_path, "online_dpo", prompts_file, cls=OnlineLoop, rounds=1,
-                    raw_updates={"lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}})
-    loop.run()
-    assert isinstance(loop.frozen_reference(), AdapterDisabledReference)
-    assert (tmp_path / "run" / "final" / "adapter").is_dir() and (tmp_path / "run" / "final" / "model.safetensors").exists()

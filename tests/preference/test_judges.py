@@ -1,15 +1,13 @@
-"""Judges (callable, reward model, pairwise) and Bradley-Terry reward-model training."""
+"""Judges (dpokit.preference.judges): callables from objects, modules, files and built-in names; pairwise judges."""
 
-import json
 import math
 
 import pytest
-import torch
 
-from dpokit.preference.judges import (BradleyTerryJudge, CallableJudge, CallablePairwiseJudge, RewardModelJudge, build_judge,
-                           judge_group, pair_probability)
+from dpokit.preference.judges import (BradleyTerryJudge, CallableJudge, CallablePairwiseJudge, build_judge, judge_group,
+                                      pair_probability)
 
-from .conftest import JUDGE_SPEC, length_judge
+from conftest import JUDGE_SPEC, length_judge
 
 
 def test_callable_judge_from_object_module_file_and_builtin():
@@ -54,65 +52,30 @@ def test_pairwise_judges_and_group_win_matrix():
         CallablePairwiseJudge(lambda p, a, b: 2.0).prefer(["p"], ["a"], ["b"])
 
 
-@pytest.fixture(scope="module")
-def rm_setup(tmp_path_factory):
-    """A tiny LlamaForSequenceClassification built in-process, saved like a hub checkpoint."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+def test_judges_load_and_score(tmp_path):
+    from dpokit.preference.judges import CallableJudge, build_judge, judge_label, load_function, score_responses
 
-    from dpokit.tiny import train_tokenizer
+    parity = build_judge("parity")
+    assert isinstance(parity, CallableJudge) and judge_label(parity) == "parity"
+    assert score_responses(parity, ["number : 0 4 2 . even or odd ?"] * 2, ["it is even", "odd"]) == [1.0, 0.0]
+    path = tmp_path / "my_judge.py"
+    path.write_text("def words(prompt, response):\n    return len(response.split())\n")
+    words = build_judge(f"{path}:words")
+    assert score_responses(words, ["p", "p"], ["a b", ""]) == [2.0, 0.0]
+    assert load_function("os.path:join") is __import__("os").path.join
 
-    words = "good fine nice great bad awful poor ugly the a is it".split()
-    tokenizer = train_tokenizer([" ".join(words)], vocab_size=64, word_level=True)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForSequenceClassification(config)
-    path = tmp_path_factory.mktemp("rm-init")
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    rows = []
-    import random
+    class Batched:
+        calls = 0
 
-    rng = random.Random(0)
-    for i in range(48):
-        prompt = "it is"
-        chosen = " " + " ".join(rng.choice(words[:4]) for _ in range(rng.randint(1, 3)))
-        rejected = " " + " ".join(rng.choice(words[4:8]) for _ in range(rng.randint(1, 3)))
-        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "margin": 0.5})
-    data = tmp_path_factory.mktemp("rm-data") / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path), str(data)
+        def score(self, prompts, responses):
+            Batched.calls += 1
+            return [len(r) for r in responses]
 
-
-def test_bradley_terry_loss_with_margin():
-    from dpokit.preference.reward_model import bradley_terry_loss
-
-    chosen, rejected, margin = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.0])
-    torch.testing.assert_close(bradley_terry_loss(chosen, rejected, margin),
-                               -torch.nn.functional.logsigmoid(chosen - rejected - margin))
-
-
-def test_train_rm_then_judge_and_rm_margin(rm_setup, tmp_path):
-    from dpokit.cli import main
-    from dpokit.data import load_examples
-
-    init, data = rm_setup
-    out = tmp_path / "rm"
-    assert main(["train-rm", "--model", init, "--data", data, "--output-dir", str(out), "--epochs", "4",
-                 "--lr", "3e-3", "--batch-size", "8", "--margin-column", "margin", "--eval-fraction", "0.25"]) == 0
-    summary = json.loads((out / "rm_summary.json").read_text())
-    assert summary["eval_after"]["accuracy"] >= 0.9 > summary["eval_before"]["accuracy"] - 0.5
-    assert (out / "model.safetensors").exists()
-    judge = build_judge({"kind": "reward_model", "path": str(out)})
-    assert isinstance(judge, RewardModelJudge)
-    good, bad = judge.score(["it is", "it is"], [" good great", " awful ugly"])
-    assert good > bad
-    # the trained model as the source of MADPO margins
-    written = tmp_path / "with_margin.jsonl"
-    assert main(["rm-margin", "--rm", str(out), "--data", data, "--output", str(written)]) == 0
-    pairs = load_examples(str(written), "pairs")
-    assert len(pairs) == 48 and all("rm_margin" in p.extras for p in pairs)
-    assert sum(p.extras["rm_margin"] > 0 for p in pairs) >= 40
-    first = json.loads(written.read_text().splitlines()[0])
-    assert first["margin"] == 0.5  # the original columns are kept
+    judge = Batched()
+    assert build_judge(judge) is judge and judge_label(judge) == "Batched"
+    assert score_responses(judge, ["p"] * 3, ["a", "bb", ""]) == [1.0, 2.0, 0.0] and Batched.calls == 1
+    for bad in ("no_such_judge", f"{path}:missing"):
+        with pytest.raises(ValueError):
+            build_judge(bad)
+    with pytest.raises(FileNotFoundError):
+        build_judge("missing_file.py:f")
