@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny tokenizer and Llama model built in-process, and small data files."""
+"""Shared fixtures and helpers: a tiny tokenizer and Llama model built in-process, small data files
+(pairs, ranked lists), a word-level policy with a length judge, and one tiny trained run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HH_PATH = os.path.join(REPO, "..", "shared", "data", "hh-rlhf-harmless-1600.jsonl")
 
 WORDS = ("the cat dog sat ran on a mat log red blue green big small happy sad yes no good bad "
          "please thanks hello world answer question why how what when").split()
@@ -32,6 +32,11 @@ def write_jsonl(path, rows):
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     return str(path)
+
+
+def read_jsonl(path):
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +86,90 @@ def train_config(model_dir, data_path, output_dir, **sections):
         else:
             raw[section] = values
     return raw
+
+
+# ---- ranked lists -----------------------------------------------------------------------------------
+def make_lists(n, seed=0, ks=(2, 3, 4)):
+    """Lists of 2-4 responses; the score is the share of 'good' words (WORDS[:10]), so ties occur."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = "Question: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 6))) + "\nAnswer:"
+        k = rng.choice(ks)
+        responses, scores = [], []
+        for _ in range(k):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(1, 4))]
+            responses.append(" " + " ".join(words))
+            scores.append(round(sum(w in WORDS[:10] for w in words) / len(words), 2))
+        rows.append({"prompt": prompt, "responses": responses, "scores": scores})
+    return rows
+
+
+@pytest.fixture
+def lists_file(tmp_path):
+    return write_jsonl(tmp_path / "lists.jsonl", make_lists(24))
+
+
+def lists_config(model_dir, path, out, **sections):
+    data_section = {"kind": "lists", **sections.pop("data", {})}
+    return train_config(model_dir, path, out, data=data_section, **sections)
+
+
+# ---- a word-level policy and a length judge (online rounds, sampling, judges) -------------------------
+ONLINE_WORDS = "a b c d e f g h even odd yes no".split()
+
+
+def length_judge(prompt, response) -> float:
+    """Prefers answers of three words: varied scores from an untrained model's samples."""
+    return -abs(len(response.split()) - 3)
+
+
+JUDGE_SPEC = os.path.abspath(__file__) + ":length_judge"  # a judge given as file.py:function
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    from dpokit.tiny import train_tokenizer
+
+    return train_tokenizer([" ".join(ONLINE_WORDS) + " q :"], vocab_size=64, word_level=True)
+
+
+@pytest.fixture(scope="session")
+def policy_dir(tmp_path_factory, word_tokenizer):
+    from dpokit.tiny import tiny_llama
+
+    path = tmp_path_factory.mktemp("online-policy")
+    model = tiny_llama(len(word_tokenizer), hidden_size=16, num_layers=1, num_heads=2,
+                       max_position_embeddings=64, seed=0, tokenizer=word_tokenizer)
+    model.save_pretrained(path, safe_serialization=True)
+    word_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+# ---- one tiny trained run (eval, report, monitor) ---------------------------------------------------
+WORD_COUNT_JUDGE = "def judge(prompt, response):\n    return float(len(response.split()) % 3)\n"
+
+
+@pytest.fixture(scope="session")
+def judge_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("judge") / "judge.py"
+    path.write_text(WORD_COUNT_JUDGE)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_model_dir, judge_file):
+    """``dpokit train`` for 4 steps with ``train.monitor`` (a judge, sampled answers) and an eval set."""
+    import yaml
+
+    from dpokit.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    train = write_jsonl(root / "pairs.jsonl", make_pairs(24))
+    heldout = write_jsonl(root / "heldout.jsonl", make_pairs(12, seed=7))
+    raw = train_config(tiny_model_dir, train, root / "run", data={"eval": heldout},
+                       train={"max_steps": 4, "eval_every": 2,
+                              "monitor": {"judge": f"{judge_file}:judge", "max_new_tokens": 6, "examples": 12}})
+    (root / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(root / "c.yaml")]) == 0
+    return {"run": str(root / "run"), "heldout": heldout, "root": root}

@@ -7,6 +7,8 @@ import pytest
 
 from dpokit.cli import main
 
+pytestmark = pytest.mark.slow  # full benchmark runs against TRL, in worker processes
+
 TINY = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--vocab-size", "300", "--batch-size", "2",
         "--max-length", "64", "--steps", "1", "--warmup", "1", "--device", "cpu", "--threads", "1"]
 

@@ -12,7 +12,8 @@ from dpokit.train import Trainer
 
 from _launch import HERE, final_weights, gloo_available, losses, max_weight_diff, torchrun, write_config
 
-pytestmark = pytest.mark.skipif(not gloo_available(), reason="needs torch.distributed with gloo")
+pytestmark = [pytest.mark.slow,  # multi-process runs
+              pytest.mark.skipif(not gloo_available(), reason="needs torch.distributed with gloo")]
 
 
 def test_fsdp_matches_one_process_and_resumes_from_its_sharded_checkpoint(tmp_path, tiny_model_dir):

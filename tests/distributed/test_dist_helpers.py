@@ -52,6 +52,7 @@ def test_epoch_plan_global_batches_and_sample_positions():
     assert resumed.batches == [[6, 7], [8, 9], [10]] and resumed.starts == [6, 8, 10]
 
 
+@pytest.mark.slow  # two processes
 @pytest.mark.skipif(not gloo_available(), reason="needs torch.distributed with gloo")
 def test_helpers_on_two_processes(tmp_path, tiny_model_dir):
     out = torchrun([os.path.join(HERE, "_helpers_worker.py"), tiny_model_dir, str(tmp_path / "cache")])

@@ -13,7 +13,8 @@ from dpokit.train import Trainer
 
 from _launch import cut_run, final_weights, gloo_available, losses, max_weight_diff, train_cli, write_config
 
-pytestmark = pytest.mark.skipif(not gloo_available(), reason="needs torch.distributed with gloo")
+pytestmark = [pytest.mark.slow,  # multi-process runs
+              pytest.mark.skipif(not gloo_available(), reason="needs torch.distributed with gloo")]
 
 WORLD, BATCH = 2, 2  # processes, per-process batch
 KEYS = ("loss", "rewards/chosen", "rewards/margins", "rewards/accuracies", "logps/rejected", "grad_norm", "tokens")

@@ -1,43 +1,8 @@
-"""A tiny trained run (with training-time monitoring) shared by the CLI and report tests."""
+"""The tiny trained run (tests/conftest.py), evaluated by `dpokit eval` and rendered by `dpokit report`."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import yaml
-
-from conftest import make_pairs, train_config, write_jsonl
-
-JUDGE = "def judge(prompt, response):\n    return float(len(response.split()) % 3)\n"
-
-
-@pytest.fixture(scope="session")
-def judge_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("judge") / "judge.py"
-    path.write_text(JUDGE)
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, tiny_model_dir, judge_file):
-    """``dpokit train`` for 4 steps with ``train.monitor`` (a judge, sampled answers) and an eval set."""
-    from dpokit.cli import main
-
-    root = tmp_path_factory.mktemp("trained")
-    train = write_jsonl(root / "pairs.jsonl", make_pairs(24))
-    heldout = write_jsonl(root / "heldout.jsonl", make_pairs(12, seed=7))
-    raw = train_config(tiny_model_dir, train, root / "run", data={"eval": heldout},
-                       train={"max_steps": 4, "eval_every": 2,
-                              "monitor": {"judge": f"{judge_file}:judge", "max_new_tokens": 6, "examples": 12}})
-    (root / "c.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["train", str(root / "c.yaml")]) == 0
-    return {"run": str(root / "run"), "heldout": heldout, "root": root}
-
-
-def read_jsonl(path):
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 @pytest.fixture(scope="session")

@@ -100,32 +100,3 @@ def test_win_rate_and_margin_distribution():
     assert sum(same["histogram"]["counts"]) == 4
     mean, stderr = mean_and_stderr([1.0, 3.0])
     assert mean == 2.0 and stderr == pytest.approx(math.sqrt(2.0) / math.sqrt(2.0))
-
-
-def test_judges_load_and_score(tmp_path):
-    from dpokit.preference.judges import CallableJudge, build_judge, judge_label, load_function, score_responses
-
-    parity = build_judge("parity")
-    assert isinstance(parity, CallableJudge) and judge_label(parity) == "parity"
-    assert score_responses(parity, ["number : 0 4 2 . even or odd ?"] * 2, ["it is even", "odd"]) == [1.0, 0.0]
-    path = tmp_path / "my_judge.py"
-    path.write_text("def words(prompt, response):\n    return len(response.split())\n")
-    words = build_judge(f"{path}:words")
-    assert score_responses(words, ["p", "p"], ["a b", ""]) == [2.0, 0.0]
-    assert load_function("os.path:join") is __import__("os").path.join
-
-    class Batched:
-        calls = 0
-
-        def score(self, prompts, responses):
-            Batched.calls += 1
-            return [len(r) for r in responses]
-
-    judge = Batched()
-    assert build_judge(judge) is judge and judge_label(judge) == "Batched"
-    assert score_responses(judge, ["p"] * 3, ["a", "bb", ""]) == [1.0, 2.0, 0.0] and Batched.calls == 1
-    for bad in ("no_such_judge", f"{path}:missing"):
-        with pytest.raises(ValueError):
-            build_judge(bad)
-    with pytest.raises(FileNotFoundError):
-        build_judge("missing_file.py:f")

@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from . import _dist_worker
 
 
+@pytest.mark.slow  # two gloo processes
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
 def test_two_processes():
     with tempfile.TemporaryDirectory() as tmp:

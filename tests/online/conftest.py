@@ -1,40 +1,20 @@
-"""Tiny in-process models and prompts for the online tests (word-level tokenizer, 2-layer Llama)."""
+"""Online-run builders: the config, the prompts file, and a loop that records each round's reference and start.
+
+The word-level policy (``policy_dir``, ``word_tokenizer``) and ``length_judge`` live in tests/conftest.py."""
 
 from __future__ import annotations
 
-import os
+import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-WORDS = "a b c d e f g h even odd yes no".split()
+from dpokit.config import from_dict
+from dpokit.online.loop import OnlineLoop
 
+from conftest import JUDGE_SPEC
 
-def length_judge(prompt, response) -> float:
-    """Prefers answers of three words: varied scores from an untrained model's samples."""
-    return -abs(len(response.split()) - 3)
-
-
-@pytest.fixture(scope="session")
-def word_tokenizer():
-    from dpokit.tiny import train_tokenizer
-
-    return train_tokenizer([" ".join(WORDS) + " q :"], vocab_size=64, word_level=True)
-
-
-@pytest.fixture(scope="session")
-def policy_dir(tmp_path_factory, word_tokenizer):
-    from dpokit.tiny import tiny_llama
-
-    path = tmp_path_factory.mktemp("online-policy")
-    model = tiny_llama(len(word_tokenizer), hidden_size=16, num_layers=1, num_heads=2,
-                       max_position_embeddings=64, seed=0, tokenizer=word_tokenizer)
-    model.save_pretrained(path, safe_serialization=True)
-    word_tokenizer.save_pretrained(path)
-    return str(path)
-
-
-JUDGE_SPEC = os.path.abspath(__file__) + ":length_judge"  # a judge given as file.py:function
 PROMPTS = [f"q {x} {y} :" for x in "abcd" for y in "efgh"]
 
 
@@ -56,8 +36,6 @@ def online_raw(policy_dir, output_dir, strategy="online_dpo", **online):
 
 @pytest.fixture
 def prompts_file(tmp_path):
-    import json
-
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     return str(path)
@@ -69,3 +47,31 @@ def weights_of(model):
 
 def same_weights(a, b, atol=1e-6):
     return a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=atol) for k in a)
+
+
+class SpyLoop(OnlineLoop):
+    """Records, for every round's Trainer, the reference weights and the policy it starts from."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.references, self.starts = [], []
+
+    def make_trainer(self, config, callbacks=()):
+        trainer = super().make_trainer(config, callbacks)
+        ref = trainer.reference.model
+        self.references.append({k: v.detach().clone() for k, v in ref.named_parameters()})
+        self.starts.append({k: v.detach().clone() for k, v in self.policy.named_parameters()})
+        return trainer
+
+
+def loop_for(policy_dir, tmp_path, strategy, prompts_file=None, cls=SpyLoop, judge=None, raw_updates=None, **online):
+    raw = online_raw(policy_dir, tmp_path / "run", strategy, **online)
+    if prompts_file:
+        raw["online"]["prompts"] = prompts_file
+    for section, values in (raw_updates or {}).items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return cls(from_dict(raw), judge=judge)
+
+
+def round_policy(tmp_path, r):
+    return load_file(str(tmp_path / "run" / "rounds" / f"round-{r:03d}" / "policy.safetensors"))

@@ -26,8 +26,7 @@ def no_model_loading(monkeypatch):
 
     for name in ("load_causal_lm", "load_policy", "load_tokenizer"):
         monkeypatch.setattr(models, name, forbidden)
-        if hasattr(trainer, name):
-            monkeypatch.setattr(trainer, name, forbidden)
+    monkeypatch.setattr(trainer, "load_policy", forbidden)  # the trainer's own binding of models.load_policy
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", forbidden)
 
 

@@ -22,6 +22,8 @@ from dpokit.train.logging import read_metrics
 from conftest import train_config
 from .conftest import RUN_TRAIN, assert_same_weights, final_weights
 
+pytestmark = pytest.mark.slow  # training runs in subprocesses, killed and resumed
+
 ENV = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
 
 
@@ -73,16 +75,44 @@ def test_sigterm_checkpoints_exits_cleanly_and_resume_matches(tmp_path, tiny_mod
     assert steps == list(range(1, 17))
 
 
+PAUSE_AT_STEP = """
+import sys, time
+from dpokit.train import Trainer
+
+marker, stop_at = sys.argv[2], int(sys.argv[3])
+real_init = Trainer.__init__
+
+
+def pause(trainer, step):
+    if step == stop_at:  # this step's metrics are written; its evaluation and checkpoint are not
+        open(marker, "w").close()
+        time.sleep(120)
+
+
+def init(self, config, *args, callbacks=None, **kwargs):
+    real_init(self, config, *args, callbacks=[pause, *(callbacks or [])], **kwargs)
+
+
+Trainer.__init__ = init
+from dpokit.cli import main
+
+sys.exit(main(["train", sys.argv[1]]))
+"""
+
+
 def test_kill_9_after_a_checkpoint_then_resume_matches(tmp_path, tiny_model_dir, run_data, reference_run):
     raw, config = write_config(tmp_path, tiny_model_dir, run_data)
     checkpoints = tmp_path / "run" / "checkpoints"
-    proc = start(["-m", "dpokit.cli", "train", config])
-    wait_for(checkpoints / "step-000004", proc)
-    time.sleep(random.Random(os.getpid()).uniform(0.0, 0.4))  # somewhere in the steps after it
+    script, marker = tmp_path / "pause_at_step.py", tmp_path / "paused"
+    script.write_text(PAUSE_AT_STEP)
+    stop_at = random.Random(os.getpid()).randint(5, 7)  # somewhere in the steps after the checkpoint at 4
+    proc = start([str(script), config, str(marker), str(stop_at)])
+    wait_for(marker, proc)  # the run holds at stop_at until killed: it cannot finish first
+    logged = [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert logged == list(range(1, stop_at + 1))  # progress past the checkpoint, on disk
+    assert sorted(os.listdir(checkpoints)) == ["step-000004"]
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the kill arrived")
     assert proc.returncode == -signal.SIGKILL
     assert ckpt.latest_valid_checkpoint(str(checkpoints)) is not None
     result = Trainer(from_dict(raw)).fit(resume=True)

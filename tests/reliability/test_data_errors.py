@@ -197,8 +197,7 @@ def test_prompt_longer_than_max_length(tmp_path, tokenizer, caplog):
     assert "max_length=24" in str(info.value) and "raise max_length" in str(info.value)
 
 
-# ---- ranked lists (when the list format is available) ----------------------------------------------
-@pytest.mark.skipif(not hasattr(formats, "parse_list"), reason="ranked-list format not present")
+# ---- ranked lists ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("record, field, problem", [
     ({"prompt": "p", "responses": [" a"], "scores": [1]}, "responses", "has 1 response"),
     ({"prompt": "p", "responses": [], "scores": []}, "responses", "has 0 response"),

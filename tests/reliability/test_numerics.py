@@ -20,6 +20,8 @@ from dpokit.train.trainer import NonFiniteError
 from conftest import train_config
 from .conftest import RUN_TRAIN, assert_same_weights, final_weights, registered
 
+pytestmark = pytest.mark.slow  # training runs end to end with injected faults
+
 PLAN = {"nan_calls": set(), "nan_grad_calls": set(), "calls": 0}
 _dpo = get_loss("dpo", beta=0.1)
 

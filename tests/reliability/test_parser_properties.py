@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dpokit.data import DataError, load_examples
-from dpokit.data import formats
-from dpokit.data.formats import iter_records, parse_pair, parse_unpaired
+from dpokit.data.formats import iter_records, parse_list, parse_pair, parse_unpaired
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -78,7 +77,7 @@ def test_random_bytes_in_any_file_type(data, suffix):
 def test_random_jsonl_lines(lines):
     path = _write(".jsonl", b"\n".join(lines))
     try:
-        for kind in ("pairs", "unpaired") + (("lists",) if hasattr(formats, "parse_list") else ()):
+        for kind in ("pairs", "unpaired", "lists"):
             _only_our_errors(lambda: load_examples(path, kind=kind, on_bad_content="error"))
             _only_our_errors(lambda: load_examples(path, kind=kind, on_extra_columns="error"))
     finally:
@@ -114,8 +113,7 @@ def test_random_csv_tables(rows, header):
 def test_parse_pair_and_unpaired_on_random_dicts(record):
     _only_our_errors(lambda: parse_pair("r", record))
     _only_our_errors(lambda: parse_unpaired("r", record))
-    if hasattr(formats, "parse_list"):
-        _only_our_errors(lambda: formats.parse_list("r", record))
+    _only_our_errors(lambda: parse_list("r", record))
 
 
 def test_missing_file_is_file_not_found(tmp_path):

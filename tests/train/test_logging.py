@@ -133,6 +133,7 @@ def wandb_records(path):
     return records
 
 
+@pytest.mark.slow  # a W&B offline run: about 3.5 s
 def test_wandb_offline_run_holds_the_metrics_and_the_config(short_run, tmp_path, monkeypatch):
     import json
 
@@ -164,6 +165,7 @@ def test_wandb_offline_run_holds_the_metrics_and_the_config(short_run, tmp_path,
     assert config["train.lr"] == 0.01 and config["loss.name"] == "dpo"
 
 
+@pytest.mark.slow  # an MLflow file-store run: about 3 s
 def test_mlflow_file_store_holds_the_metrics_and_the_parameters(short_run, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 

@@ -1,13 +1,10 @@
-"""Ranked lists on the data side: parsing and its errors, tokenization, collation, pair builders,
-multi-objective extras (MADPO, MODPO), label noise, curriculum stages and Sem-DPO weights."""
-
-import math
-import re
+"""Building training examples (dpokit.data.build): pair builders, multi-objective extras (MADPO, MODPO),
+label noise, curriculum stages and the config-driven preparation."""
 
 import pytest
 import torch
 
-from dpokit.data import DataError, RankedList, collate, load_examples, tokenize_examples
+from dpokit.data import DataError, collate, tokenize_examples
 from dpokit.data.build import (
     curriculum_stages,
     inject_label_noise,
@@ -16,75 +13,9 @@ from dpokit.data.build import (
     pairs_from_lists,
     prepare_examples,
     scalarize,
-    semantic_weights,
 )
-from dpokit.data.embed import HashedNgramEmbedder, cosine_distance
 
-from conftest import write_jsonl
-
-
-def item(scores, responses=None, **kw):
-    responses = responses or [f" r{i}" for i in range(len(scores))]
-    return RankedList("Q:", responses, list(scores), location="d.jsonl:1", **kw)
-
-
-# ---- parsing --------------------------------------------------------------------------------------
-def test_list_records_parse(tmp_path):
-    rows = [
-        {"prompt": "p", "responses": [" a", " b", " c"], "scores": [0.5, 2, -1], "weight": 2.0},
-        {"prompt": "q", "responses": [" a", " b"], "ranks": [2, 1], "scores_safety": [1, 0],
-         "metadata": [{"model": "x"}, {"model": "y"}], "weight": 1},
-        {"prompt": "r", "responses": [" a", " b"], "scores": {"help": [1, 0], "safe": [0, 1]}, "weight": 1},
-        {"prompt": "s", "chosen": " yes", "rejected": " no", "weight": 1},  # a pair is a two-response list
-    ]
-    a, b, c, d = load_examples(write_jsonl(tmp_path / "l.jsonl", rows), kind="lists")
-    assert a.scores == [0.5, 2.0, -1.0] and a.extras == {"weight": 2.0} and a.location == "l.jsonl:1"
-    assert b.ranks == [2.0, 1.0] and b.scores == [-2.0, -1.0] and b.primary == "ranks"
-    assert b.objectives == {"safety": [1.0, 0.0]} and b.metadata[1] == {"model": "y"}
-    assert c.primary == "help" and c.scores == [1.0, 0.0] and c.objectives == {"safe": [0.0, 1.0]}
-    assert d.responses == [" yes", " no"] and d.scores == [1.0, 0.0]
-
-
-@pytest.mark.parametrize("record, field, problem", [
-    ({"prompt": "p", "responses": [" a"], "scores": [1]}, "responses", "has 1 response"),
-    ({"prompt": "p", "responses": [" a", " b"], "scores": [1, float("nan")]}, "scores", "entry 1 is NaN"),
-    ({"prompt": "p", "responses": [" a", " b"], "scores": [1, 2, 3]}, "scores", "has 3 values for 2 responses"),
-    ({"prompt": "p", "responses": [" a", " b"], "ranks": [1]}, "ranks", "has 1 values for 2 responses"),
-    ({"prompt": "p", "responses": [" a", " b"], "scores": [1, 0], "ranks": [1, 2]}, "ranks", "together"),
-    ({"prompt": "p", "responses": [" a", " b"]}, "scores", "is missing"),
-    ({"prompt": "p", "responses": [" a", " b"], "scores": [1, "x"]}, "scores", "entry 1 must be a number"),
-    ({"prompt": "p", "responses": [" a", " b"], "ranks": [0, 1]}, "ranks", "ranks start at 1"),
-    ({"prompt": "p", "responses": [" a", " b"], "scores": [1, 0], "scores_x": [1]}, "scores_x", "has 1 values"),
-    ({"responses": [" a", " b"], "scores": [1, 0]}, "prompt", "is missing"),
-    ({"prompt": "p", "responses": [" a", 3], "scores": [1, 0]}, "responses[1]", "must be a string"),
-])
-def test_list_errors_name_file_line_and_field(tmp_path, record, field, problem):
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"prompt": "ok", "responses": [" a", " b"], "scores": [1, 0]}\n'
-                    + __import__("json").dumps(record) + "\n")
-    with pytest.raises(DataError, match=rf"bad.jsonl:2, field '{re.escape(field)}'.*{problem}"):
-        load_examples(str(path), kind="lists")
-
-
-def test_list_record_under_pairs_kind_points_to_lists(tmp_path):
-    path = write_jsonl(tmp_path / "l.jsonl", [{"prompt": "p", "responses": [" a", " b"], "scores": [1, 0]}])
-    with pytest.raises(DataError, match="data.kind: lists"):
-        load_examples(path)
-
-
-# ---- tokenize and collate -------------------------------------------------------------------------
-def test_tokenize_and_collate_lists_of_different_k(tokenizer):
-    lists = [item([1.0, 0.0, 0.5], [" the cat", " a dog", " red"], objectives={"safe": [0.0, 1.0, 1.0]}),
-             item([2.0, 3.0], [" yes", " no"], objectives={"safe": [1.0, 0.0]})]
-    tokenized, _ = tokenize_examples(lists, tokenizer, max_length=32)
-    assert [len(t.completions) for t in tokenized] == [3, 2]
-    assert tokenized[0].scores == [1.0, 0.0, 0.5]
-    batch = collate(tokenized, "lists")
-    assert batch.kind == "lists" and len(batch.groups[1][1]) == 2
-    torch.testing.assert_close(batch.scores, torch.tensor([[1.0, 0.0, 0.5], [2.0, 3.0, 0.0]]))
-    torch.testing.assert_close(batch.extras["scores_safe"], torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]))
-    with pytest.raises(DataError, match="same score columns"):
-        collate(tokenize_examples([lists[0], item([1.0, 0.0])], tokenizer, max_length=32)[0], "lists")
+from .conftest import item
 
 
 # ---- pair builders --------------------------------------------------------------------------------
@@ -180,26 +111,6 @@ def test_curriculum_stages_easy_to_hard():
     assert curriculum_stages(pairs, 1) == [0] * 6
 
 
-def test_hashed_embedder_and_semantic_weights():
-    emb = HashedNgramEmbedder(dim=256)
-    e = emb.embed(["the cat sat on the mat", "the cat sat on a mat", "quantum chromodynamics"])
-    assert e.shape == (3, 256)
-    torch.testing.assert_close(e.norm(dim=-1), torch.ones(3))
-    torch.testing.assert_close(e, HashedNgramEmbedder(dim=256).embed(
-        ["the cat sat on the mat", "the cat sat on a mat", "quantum chromodynamics"]))
-    d = cosine_distance(e[[0, 0]], e[[1, 2]])
-    assert d[0] < 0.3 < d[1]
-    pairs = pairs_from_lists([item([1.0, 0.0], [" the cat sat on the mat", " no"]),
-                              item([1.0, 0.0], [" quantum chromodynamics", " no"])])
-    pairs = [p.__class__("the cat sat on a mat", p.chosen, p.rejected, p.extras, p.location) for p in pairs]
-    weighted = semantic_weights(pairs, emb, alpha=2.0)
-    w = [p.extras["sem_weight"] for p in weighted]
-    assert 0 < w[1] < w[0] <= 1
-    expected = math.exp(-2.0 * float(cosine_distance(emb.embed(["the cat sat on a mat"]),
-                                                     emb.embed([" the cat sat on the mat"]))))
-    assert w[0] == pytest.approx(expected, rel=1e-6)
-
-
 def test_prepare_examples_follows_the_config():
     from dpokit.config import DataConfig
 
@@ -218,13 +129,3 @@ def test_prepare_examples_follows_the_config():
     assert len(unpaired) == 2 * len(pairs_from_lists(lists)) and {ex.label for ex in unpaired} == {True, False}
     noisy, plan = prepare_examples(unpaired, DataConfig(train="x", label_noise=0.25), "unpaired", training=True)
     assert sum(a.label != b.label for a, b in zip(unpaired, noisy)) == len(plan.noisy) == round(0.25 * len(unpaired))
-
-
-def test_hf_mean_pool_embedder_on_a_local_model(tiny_model, tokenizer):
-    from dpokit.data.embed import HFMeanPoolEmbedder
-
-    emb = HFMeanPoolEmbedder(tiny_model, tokenizer)
-    e = emb.embed(["the cat sat", "the cat sat", "why how what when"])
-    assert e.shape == (3, tiny_model.config.hidden_size)
-    torch.testing.assert_close(e[0], e[1])
-    torch.testing.assert_close(e.norm(dim=-1), torch.ones(3), atol=1e-5, rtol=1e-5)

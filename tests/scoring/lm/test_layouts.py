@@ -13,6 +13,8 @@ import torch
 from dpokit.scoring.lm.layouts import LAYOUTS, PackedBatch, build_packed_batch, layout_supported
 from dpokit.scoring.lm.projection import project_selected, split_model
 
+from conftest import make_lists
+
 VOCAB = 61
 LAYOUT_NAMES = ("padded", "packed", "prompt_shared")
 CPU = torch.device("cpu")
@@ -263,6 +265,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(name):
     assert_grads_close(ckpt, plain, 1e-9)
 
 
+@pytest.mark.slow  # torch.compile: about 10 s on 2 CPU cores
 def test_compiled_model_runs_every_layout():
     """``torch.compile(model)`` (as the trainer does for model.compile) is unwrapped by split_model
     and the decoder layers compiled in place; the ``eager`` backend keeps the test fast on CPU while
@@ -305,6 +308,7 @@ def test_engine_loss_inputs_agree_across_layouts(name, tokenizer):
         torch.testing.assert_close(got.token_stats[key], value, atol=1e-9, rtol=1e-9, msg=key)
 
 
+@pytest.mark.slow  # three training runs
 def test_trainer_runs_give_the_same_weights_with_every_layout(tiny_model_dir, pairs_file, tmp_path):
     """End to end through the trainer (with gradient checkpointing from the config): two optimizer
     steps of DPO give the same losses and final weights whatever the layout."""
@@ -327,3 +331,24 @@ def test_trainer_runs_give_the_same_weights_with_every_layout(tiny_model_dir, pa
         torch.testing.assert_close(results[name][0], losses, atol=1e-5, rtol=1e-5, msg=name)
         for key, value in weights.items():
             torch.testing.assert_close(results[name][1][key], value, atol=2e-5, rtol=1e-4, msg=f"{name} {key}")
+
+
+def test_layouts_agree_on_lists(tiny_model, tokenizer):
+    from dpokit.data import collate, tokenize_examples
+    from dpokit.data.formats import parse_list
+    from dpokit.losses import Needs
+    from dpokit.scoring.lm.engine import LogProbEngine
+
+    rows = make_lists(6, seed=5)
+    parsed = [parse_list(f"r{i}", r) for i, r in enumerate(rows)]
+    batch = collate(tokenize_examples(parsed, tokenizer, max_length=64)[0], "lists")
+    outputs = {}
+    for layout in ("padded", "packed", "prompt_shared"):
+        engine = LogProbEngine(Needs(reference=False, data="lists"), tokenizer.pad_token_id, layout=layout)
+        inputs = engine.loss_inputs(tiny_model, batch)
+        outputs[layout] = inputs
+        assert inputs.list_mask.sum().item() == sum(len(g[1]) for g in batch.groups)
+        torch.testing.assert_close(inputs.list_scores, batch.scores)
+    for layout in ("packed", "prompt_shared"):
+        torch.testing.assert_close(outputs[layout].list_policy_logps, outputs["padded"].list_policy_logps,
+                                   atol=2e-5, rtol=1e-5)

@@ -5,8 +5,8 @@ import pytest
 from dpokit.config import ConfigError, from_dict
 from dpokit.train.monitor import Monitor, MonitorOptions
 
-from conftest import train_config
-from .conftest import read_jsonl
+from conftest import read_jsonl, train_config
+
 
 
 def test_options_are_validated():

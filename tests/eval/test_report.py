@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a training run, its evaluation and the report (rendered in Chromium)
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PROBE = """<script>
@@ -46,3 +48,14 @@ def test_report_renders_with_every_plot_decoded(report_dir, tmp_path):
     assert set(images) == {"curves", "monitor", "frontier", "margins", "layers"}
     for name, img in images.items():
         assert img["complete"] and img["width"] > 100, (name, img)
+
+
+def test_report_is_self_contained(report_dir):
+    out = report_dir
+    page = (out / "index.html").read_text()
+    for plot in ("curves", "monitor", "frontier", "margins", "layers"):
+        assert (out / f"{plot}.png").stat().st_size > 1000
+        assert f'id="{plot}"' in page
+    assert page.count("data:image/png;base64,") == 5
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    assert "Sample answers" in page and "Reward vs KL" in page

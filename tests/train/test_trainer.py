@@ -1,6 +1,6 @@
-"""End-to-end training on a tiny local model: learning, accumulation, resume, final model, LoRA, cache."""
+"""End-to-end training on a tiny local model: learning, accumulation, resume, final model, LoRA, the reference
+cache, and ranked lists (listwise losses, pairs built from lists, MODPO)."""
 
-import json
 import os
 
 import pytest
@@ -8,13 +8,16 @@ import torch
 from safetensors.torch import load_file
 
 from dpokit.config import from_dict
-from dpokit.data import load_examples, tokenize_examples
+from dpokit.data import load_examples
+from dpokit.data.build import pairs_from_lists
 from dpokit.eval.preference import evaluate_pairs
 from dpokit.reference import ModelReference
 from dpokit.train import Trainer
 from dpokit.train.logging import read_metrics
 
-from conftest import train_config
+from conftest import lists_config, make_lists, train_config, write_jsonl
+
+pytestmark = pytest.mark.slow  # training runs end to end
 
 
 def final_weights(run_dir):
@@ -170,3 +173,58 @@ def test_precomputed_reference_with_eval_set_matches_the_model(tiny_model_dir, p
         cached = trainer.reference.token_logprobs(trainer.scorer, batch)
         direct = model.token_logprobs(trainer.scorer, batch)
         torch.testing.assert_close(cached.sums, direct.sums, atol=1e-4, rtol=1e-5)
+
+
+def test_listwise_loss_trains_on_lists(tiny_model_dir, lists_file, tmp_path):
+    raw = lists_config(tiny_model_dir, lists_file, tmp_path / "pl", loss={"name": "plackett_luce", "beta": 0.5},
+                       train={"epochs": 3, "lr": 5e-3})
+    trainer = Trainer(from_dict(raw))
+    assert {len(ex.completions) for ex in trainer.train_examples} == {2, 3, 4}
+    batch = trainer._batch(range(4), trainer.train_examples)
+    assert batch.kind == "lists" and batch.scores.shape == (4, max(len(g[1]) for g in batch.groups))
+    trainer.fit()
+    metrics = [r for r in read_metrics(tmp_path / "pl" / "metrics.jsonl") if "loss" in r]
+    assert len(metrics) == 18
+    first, last = metrics[:6], metrics[-6:]
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    assert mean(last, "loss") < mean(first, "loss")
+    assert mean(last, "rewards/accuracies") > mean(first, "rewards/accuracies")
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "grad_norm"):
+        assert key in metrics[0], key
+
+
+def test_pairwise_loss_on_lists_trains_on_built_pairs(tiny_model_dir, lists_file, tmp_path):
+    raw = lists_config(tiny_model_dir, lists_file, tmp_path / "pairs", data={"pair_builder": "all_pairs"},
+                       loss={"name": "dpo", "modifiers": {"madpo": True}}, train={"max_steps": 2})
+    trainer = Trainer(from_dict(raw))
+    expected = pairs_from_lists(load_examples(lists_file, kind="lists"), "all_pairs")
+    assert len(trainer.train_examples) == len(expected) and trainer.data_plan.pairs_built == len(expected)
+    assert all(len(ex.completions) == 2 and ex.extras["rm_margin"] > 0 for ex in trainer.train_examples)
+    assert trainer.fit()["status"] == "completed"
+
+
+def test_multi_objective_lists_train_modpo(tiny_model_dir, tmp_path):
+    rows = make_lists(12, seed=3)
+    for row in rows:
+        row["scores_short"] = [-len(r.split()) for r in row["responses"]]
+    path = write_jsonl(tmp_path / "mo.jsonl", rows)
+    raw = lists_config(tiny_model_dir, path, tmp_path / "modpo", loss={"name": "modpo", "weights": [0.6, 0.4]},
+                       train={"max_steps": 2})
+    trainer = Trainer(from_dict(raw))
+    assert all(len(ex.extras["modpo_chosen_scores"]) == 1 for ex in trainer.train_examples)
+    assert trainer.fit()["status"] == "completed"
+    weighted = lists_config(tiny_model_dir, path, tmp_path / "pl", loss={"name": "lipo_lambda"},
+                            data={"objective_weights": {"scores": 1.0, "short": 0.1}}, train={"max_steps": 1})
+    assert Trainer(from_dict(weighted)).fit()["status"] == "completed"
+
+
+def test_precomputed_reference_serves_lists(tiny_model_dir, lists_file, tmp_path):
+    common = {"loss": {"name": "lipo_lambda"}, "train": {"max_steps": 2}}
+    plain = lists_config(tiny_model_dir, lists_file, tmp_path / "plain", **common)
+    cached = lists_config(tiny_model_dir, lists_file, tmp_path / "cached", **common,
+                          reference={"precompute": True, "cache_dir": str(tmp_path / "cache")})
+    Trainer(from_dict(plain)).fit()
+    Trainer(from_dict(cached)).fit()
+    a = [r["loss"] for r in read_metrics(tmp_path / "plain" / "metrics.jsonl")]
+    b = [r["loss"] for r in read_metrics(tmp_path / "cached" / "metrics.jsonl")]
+    assert a == pytest.approx(b, abs=1e-5)
