@@ -4,7 +4,7 @@ Every layout runs the model's backbone and returns, for every completion token o
 group-major row order, tokens in order), the hidden state that predicts it and the token id:
 ``fn(backbone, groups, pad_id, device) -> (hidden [N, H], targets [N], completion length per row)``.
 The log-prob engine projects those onto the vocabulary, so any loss runs on any layout, and
-``tests/test_layouts.py`` checks every layout against ``padded`` (log-probs and parameter
+``tests/scoring/lm/test_layouts.py`` checks every layout against ``padded`` (log-probs and parameter
 gradients) to float tolerance.
 
 ``padded``

@@ -14,7 +14,7 @@ The engine never materialises a ``[rows, length, vocab]`` logits tensor:
    fp32 block at a time; nothing of size ``[N, vocab]`` is ever saved.
 
 Statistics over the vocabulary, computed in the same chunks when requested, all with exact
-gradients (derived below, checked against autograd on full logits in ``tests/test_projection.py``).
+gradients (derived below, checked against autograd on full logits in ``tests/scoring/lm/test_projection.py``).
 With ``z`` the logits of one position, ``p = softmax(z)``, ``t`` the target token:
 
 =============  ==============================  =========================================
