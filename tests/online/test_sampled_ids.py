@@ -14,7 +14,9 @@ from dpokit.data.formats import DataError
 from dpokit.io import read_jsonl
 from dpokit.online.loop import OnlineLoop
 
-from .conftest import WORDS, online_raw
+from conftest import ONLINE_WORDS as WORDS
+
+from .conftest import online_raw
 
 CORPUS = [" ".join(WORDS) + " q :"] * 4 + [f"q {x} {y} : {w}" for x in "abcd" for y in "efgh"
                                            for w in ("even", "odd", "yes no")]

@@ -189,8 +189,8 @@ def test_mlflow_file_store_holds_the_metrics_and_the_parameters(short_run, tmp_p
 
 def test_a_requested_tracker_that_is_not_installed_is_an_error_naming_the_extra(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
-    raw = train_config(str(tmp_path / "no-model"), str(tmp_path / "no-data.jsonl"), tmp_path / "run",
-                       train={"report_to": ["wandb"]})
+    raw = train_config("no-such/model", str(tmp_path / "no-data.jsonl"), tmp_path / "run",  # a hub id: loading it
+                       train={"report_to": ["wandb"]})                                        # would be the first read
     with pytest.raises(ConfigError) as err:  # before any model or data is read
         Trainer(from_dict(raw))
     assert "train.report_to" in str(err.value) and "pip install 'dpokit[wandb]'" in str(err.value)

@@ -106,11 +106,18 @@ def run(args) -> int:
         return run_worker(args.worker)
     import shutil
 
+    import logging
+
+    import torch
+
     workdir = tempfile.mkdtemp(prefix="dpokit-bench-")
+    threads, level = torch.get_num_threads(), logging.getLogger("dpokit").level
     try:
         return _run(args, workdir)
-    finally:
+    finally:  # run in-process (the CLI, a test), the benchmark leaves threads and logging as it found them
         shutil.rmtree(workdir, ignore_errors=True)
+        torch.set_num_threads(threads)
+        logging.getLogger("dpokit").setLevel(level)
 
 
 def _run(args, workdir: str) -> int:
