@@ -27,7 +27,7 @@ def test_demonstrations_cover_every_level():
 def test_pairs_and_lists():
     task = GradedTask()
     prompts = [task.prompt(472), task.prompt(13)]
-    samples = [["2", "it is 3", "answer : 7"], ["3", "3"]]
+    samples = [["2", "it is 3", "", "answer : 7"], ["3", "3", ""]]
     pairs = build_graded_pairs(task, prompts, samples, seed=0)
     assert pairs == [{"prompt": prompts[0], "chosen": " 2", "rejected": " answer : 7",
                       "score_chosen": 1.0, "score_rejected": 0.0}]

@@ -84,12 +84,12 @@ def build_graded_pairs(task: GradedTask, prompts: Sequence[str], samples: Sequen
                        seed: int = 0) -> List[dict]:
     """On-policy pairs: per prompt, a sample of the best reward level as chosen and one of the worst as
     rejected, with both scores (``score_chosen``/``score_rejected``). Prompts whose samples all get the
-    same reward give no pair."""
+    same reward give no pair; empty samples (an immediate end of sequence) are left out."""
     rng = random.Random(seed)
     pairs = []
     for prompt, responses in zip(prompts, samples):
         scored = {}
-        for r in responses:
+        for r in (r for r in responses if r.strip()):
             scored.setdefault(task.reward(prompt, r), set()).add(r)
         if len(scored) < 2:
             continue
@@ -101,9 +101,11 @@ def build_graded_pairs(task: GradedTask, prompts: Sequence[str], samples: Sequen
 
 
 def build_graded_lists(task: GradedTask, prompts: Sequence[str], samples: Sequence[Sequence[str]]) -> List[dict]:
-    """Ranked lists: every sample of a prompt with its reward; prompts whose samples all tie are left out."""
+    """Ranked lists: every non-empty sample of a prompt with its reward; prompts whose samples all tie
+    are left out."""
     rows = []
     for prompt, responses in zip(prompts, samples):
+        responses = [r for r in responses if r.strip()]
         scores = [task.reward(prompt, r) for r in responses]
         if len(set(scores)) > 1:
             rows.append({"prompt": prompt, "responses": [" " + r for r in responses], "scores": scores})
