@@ -139,3 +139,44 @@ def test_report_of_a_sweep(tmp_path):
         assert f'id="{name}"' in page
         assert os.path.getsize(os.path.join(out, "report", f"{name}.png")) > 1000
     assert "x=1" in page and "1.050 ± " in page
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from dpokit.cli import main
+
+    assert main(["sweep", "demo", "--grid", "loss=nope", "--output", str(tmp_path)]) == 2
+    assert "sweep run loss-nope" in capsys.readouterr().err
+    assert main(["sweep", "demo", "--grid", "seed=0", "--set", "seed=1", "--output", str(tmp_path)]) == 2
+    assert "both in --grid and in --set" in capsys.readouterr().err
+    assert main(["sweep", str(tmp_path / "missing.yaml"), "--grid", "train.seed=0", "--output", str(tmp_path)]) == 2
+    assert "not a config file" in capsys.readouterr().err
+    assert main(["sweep", "demo", "--output", str(tmp_path)]) == 2
+    assert "at least one --grid" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_config_base_end_to_end(tiny_model_dir, pairs_file, tmp_path, capsys):
+    """A real config swept over loss.name x train.seed: rows with the trainer's metrics, resume skips all."""
+    import yaml
+
+    from dpokit.cli import main
+    from conftest import train_config
+
+    config = tmp_path / "base.yaml"
+    config.write_text(yaml.safe_dump(train_config(tiny_model_dir, str(pairs_file), tmp_path / "unused",
+                                                  train={"log_every": 1})))
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(config), "--grid", "loss.name=dpo,ipo", "--grid", "train.seed=0,1", "--output", str(out)]
+    assert main(argv) == 0
+    sweep = json.load(open(out / "sweep.json"))
+    assert [r["run"] for r in sweep["rows"]] == ["loss.name-dpo_train.seed-0", "loss.name-dpo_train.seed-1",
+                                                 "loss.name-ipo_train.seed-0", "loss.name-ipo_train.seed-1"]
+    assert all(r["status"] == "done" and "loss" in r["metrics"] for r in sweep["rows"])
+    assert sweep["seed_key"] == "train.seed"
+    assert [g["group"] for g in sweep["summary"]] == ["loss.name=dpo", "loss.name=ipo"]
+    assert sweep["summary"][0]["metrics"]["loss"]["n"] == 2
+    saved = yaml.safe_load(open(out / "runs" / "loss.name-ipo_train.seed-1" / "config.yaml"))
+    assert saved["loss"]["name"] == "ipo" and saved["train"]["seed"] == 1
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 4
