@@ -59,7 +59,12 @@ def run_methods(methods: Sequence[Tuple[str, Dict[str, Any]]], seeds: Sequence[i
         if failed:
             raise RuntimeError(f"{label}: {failed[0]['run']} failed: {failed[0]['error']}")
         results[label] = {r["keys"]["seed"]: {**r["metrics"], "seconds": r["seconds"]} for r in sweep["rows"]}
+        ROWS.extend({**r, "run": f"{label} / {r['run']}", "dir": os.path.relpath(os.path.join(directory, r["dir"]), out),
+                     "keys": {"method": label, **r["keys"]}} for r in sweep["rows"])
     return results
+
+
+ROWS: List[Dict[str, Any]] = []  # every run of this process, keyed by method and seed (for sweep.json)
 
 
 def describe_values(values):
@@ -123,4 +128,20 @@ def finish(name: str, args, results, text: str, started: float) -> Dict[str, Any
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "claim.json"), "w") as handle:
         json.dump(record, handle, indent=2)
+    write_sweep(args.out, name)
     return record
+
+
+def write_sweep(out: str, name: str) -> None:
+    """``out/sweep.json`` over every method's runs (grouped by method), so ``dpokit report OUT`` draws the
+    whole claim: metric per method, reward vs KL per method, curves overlaid."""
+    from dpokit.tasks.sweep import summarise
+
+    rows = [r for r in ROWS if os.path.isdir(os.path.join(out, r["dir"]))]
+    summary, metrics = summarise(rows, "seed")
+    methods = list(dict.fromkeys(r["keys"]["method"] for r in rows))
+    seeds = list(dict.fromkeys(r["keys"]["seed"] for r in rows))
+    with open(os.path.join(out, "sweep.json"), "w") as handle:
+        json.dump({"base": f"demo (claim {name})", "grid": {"method": methods, "seed": seeds}, "fixed": {},
+                   "seed_key": "seed", "metrics": metrics, "rows": rows, "summary": summary}, handle, indent=2)
+    ROWS.clear()

@@ -30,6 +30,12 @@ def test_quick(name, methods, tmp_path, capsys):
     assert "claim: " in out and "| method | n |" in out
     assert all(set(per_seed) == {"0"} for per_seed in record["results"].values())
     assert os.path.exists(tmp_path / "claim.json")
+    # the claim's sweep.json groups every run by method: `dpokit report OUT` draws the whole claim
+    import json
+
+    sweep = json.load(open(tmp_path / "sweep.json"))
+    assert {g["group"] for g in sweep["summary"]} == {f"method={m}" for m in record["results"]}
+    assert all(os.path.isdir(tmp_path / r["dir"]) for r in sweep["rows"])
     # rerunning reuses every finished run (the sweep's DONE markers): nothing trains again
     again = load(name).main(["--quick", "--out", str(tmp_path)])
     assert again["results"] == record["results"] and again["seconds"] < 5

@@ -121,7 +121,7 @@ def plot_sweep_curves(plt, sweep_dir: str, sweep: Dict[str, Any], directory: str
             steps, values = run.series(key)
             index = group_of.get(run.name, 0)
             name = groups[index]["group"] if index < len(groups) else run.name
-            ax.plot(steps, values, color=f"C{index % 10}", alpha=0.6, lw=1,
+            ax.plot(steps, values, color=f"C{index % 10}", alpha=0.6, lw=1, marker="o" if len(steps) < 5 else None,
                     label=name if (ax is axes[0] and index not in labelled) else None)
             if ax is axes[0]:
                 labelled.add(index)

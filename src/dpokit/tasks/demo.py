@@ -131,9 +131,9 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
     train_prompts = [task.prompt(n) for n in train_numbers]
     eval_prompts = [task.prompt(n) for n in eval_numbers]
     train_pairs = pair_builder(task, train_prompts, sampler.sample(train_prompts, settings.samples_per_prompt)[0],
-                              settings.seed)
+                               settings.seed)
     heldout_rows = pair_builder(task, eval_prompts, sampler.sample(eval_prompts, settings.samples_per_prompt)[0],
-                               settings.seed + 1)
+                                settings.seed + 1)
     pairs_path = safe_join(out, "pairs.jsonl")
     write_jsonl(pairs_path, train_pairs)
     write_jsonl(safe_join(out, "heldout_pairs.jsonl"), heldout_rows)
