@@ -33,3 +33,12 @@ def test_pairs_and_lists():
                       "score_chosen": 1.0, "score_rejected": 0.0}]
     lists = build_graded_lists(task, prompts, samples)
     assert lists == [{"prompt": prompts[0], "responses": [" 2", " it is 3", " answer : 7"], "scores": [1.0, 0.75, 0.0]}]
+
+
+def test_demo_task_choices(capsys, tmp_path):
+    from dpokit.cli import main
+    from dpokit.tasks.demo import DemoSettings, TASKS
+
+    assert set(TASKS) == {"parity", "graded"} and DemoSettings().task == "parity" and DemoSettings().label_noise == 0
+    assert main(["demo", "--online", "--task", "graded", "--output-dir", str(tmp_path)]) == 2
+    assert "--online runs the parity task only" in capsys.readouterr().err
