@@ -119,10 +119,13 @@ def verdict(checks: Sequence[Tuple[str, Optional[bool]]]) -> str:
 
 def finish(name: str, args, results, text: str, started: float) -> Dict[str, Any]:
     seconds = time.time() - started
+    run_seconds = sum(v.get("seconds", 0.0) for per_seed in results.values() for v in per_seed.values())
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}"
     print(text)
-    print(f"\n{name}: seeds {seeds_of(args)}{' (quick)' if args.quick else ''}; {seconds:.0f} s on {machine}")
+    print(f"\n{name}: seeds {seeds_of(args)}{' (quick)' if args.quick else ''}; {seconds:.0f} s on {machine} "
+          f"(the runs took {run_seconds:.0f} s when they ran)")
     record = {"claim": name, "seeds": seeds_of(args), "quick": args.quick, "seconds": round(seconds, 1),
+              "run_seconds": round(run_seconds, 1),  # the runs' own time, also when they were reused
               "machine": machine, "results": {m: {str(s): v for s, v in r.items()} for m, r in results.items()},
               "output": text}
     os.makedirs(args.out, exist_ok=True)
