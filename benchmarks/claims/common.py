@@ -79,6 +79,11 @@ def interval(stats) -> str:
     return format_interval(stats)
 
 
+def ci_text(stats) -> str:
+    """``[low, high]`` of the 95% interval, three decimals (``n/a`` with one seed)."""
+    return "n/a" if not stats.get("ci95") else "[{:.3f}, {:.3f}]".format(*stats["ci95"])
+
+
 def metric(results, method: str, key: str):
     return describe_values([results[method][s][key] for s in sorted(results[method])])
 

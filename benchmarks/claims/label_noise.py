@@ -37,8 +37,8 @@ def main(argv=None):
     d30 = common.paired(results, "dpo @ 30% flipped", "rdpo @ 30% flipped", "reward")
     d0 = common.paired(results, "dpo @ 0% flipped", "rdpo @ 0% flipped", "reward")
     means = {m: common.metric(results, f"{m} @ 30% flipped", "reward")["mean"] for m, _ in METHODS}
-    text.append(f"rDPO - DPO reward, 30% flipped: {common.interval(d30)}  (95% CI {d30['ci95']})")
-    text.append(f"rDPO - DPO reward,  0% flipped: {common.interval(d0)}  (95% CI {d0['ci95']})")
+    text.append(f"rDPO - DPO reward, 30% flipped: {common.interval(d30)}  (95% CI {common.ci_text(d30)})")
+    text.append(f"rDPO - DPO reward,  0% flipped: {common.interval(d0)}  (95% CI {common.ci_text(d0)})")
     text.append(f"means at 30%: dpo {means['dpo']:.3f}, cdpo {means['cdpo']:.3f}, rdpo {means['rdpo']:.3f}")
     lo30 = common.lower(d30)
     ci0 = d0.get("ci95")

@@ -30,7 +30,7 @@ def main(argv=None):
     for method in ("ld_dpo", "simpo"):
         length = common.paired(results, "dpo", method, "length")
         reward = common.paired(results, "dpo", method, "reward")
-        text.append(f"{method} - dpo: length {common.interval(length)} (95% CI {length['ci95']}), "
+        text.append(f"{method} - dpo: length {common.interval(length)} (95% CI {common.ci_text(length)}), "
                     f"reward {common.interval(reward)}")
         up = common.upper(length)
         checks.append((f"{method} shorter than DPO (CI of the length difference below 0)", None if up is None else up < 0))

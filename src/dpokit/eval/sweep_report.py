@@ -18,7 +18,7 @@ from __future__ import annotations
 import html
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 from ..paths import safe_join
 from .report import STYLE, _e, _grid, _img, _matplotlib, _save
