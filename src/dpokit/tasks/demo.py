@@ -67,6 +67,7 @@ class DemoSettings:
     layers: int = 2
     task: str = "parity"  # a key of TASKS
     label_noise: float = 0.0  # fraction of training pairs flipped (data.label_noise), seeded by `seed`
+    pair_prompts: int = 0  # preference pairs from the first N training prompts only (0: all); the warm-up keeps all
 
 
 @torch.no_grad()
@@ -130,6 +131,11 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
     sampler = HFSampler(model, tokenizer, SamplingConfig(max_new_tokens=8, seed=settings.seed + 1, top_k=0))
     train_prompts = [task.prompt(n) for n in train_numbers]
     eval_prompts = [task.prompt(n) for n in eval_numbers]
+    if settings.pair_prompts:
+        if not 0 < settings.pair_prompts <= len(train_prompts):
+            raise ValueError(f"pair_prompts: between 1 and n_train_prompts ({len(train_prompts)}), "
+                             f"got {settings.pair_prompts}")
+        train_prompts = train_prompts[:settings.pair_prompts]
     train_pairs = pair_builder(task, train_prompts, sampler.sample(train_prompts, settings.samples_per_prompt)[0],
                                settings.seed)
     heldout_rows = pair_builder(task, eval_prompts, sampler.sample(eval_prompts, settings.samples_per_prompt)[0],
