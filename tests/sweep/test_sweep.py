@@ -105,10 +105,11 @@ def test_sweep_checks_every_point_first(tmp_path):
 def test_demo_settings_from_keys(tmp_path):
     base = DemoBase(fixed={k: v[0] for k, v in parse_grid(["task=graded"]).items()}, quick=True)
     point = expand(parse_grid(["loss=rdpo", "seed=2", "label_noise=0.3", "hparam.eps=0.3",
-                               "hparam.modifiers.ld_alpha=0.5", "reference_beta=1"]))[0]
+                               "hparam.modifiers.ld_alpha=0.5", "reference_beta=1", "pair_prompts=100"]))[0]
     s = base.settings(point, str(tmp_path / "r"))
     assert (s.loss, s.seed, s.label_noise, s.task, s.reference_beta) == ("rdpo", 2, 0.3, "graded", 1.0)
     assert s.loss_hparams == {"eps": 0.3, "modifiers": {"ld_alpha": 0.5}}
+    assert s.pair_prompts == 100
     assert (s.n_train_prompts, s.warmup_steps, s.dpo_epochs) == (200, 120, 2)
     assert s.output_dir == str(tmp_path / "r")
 
