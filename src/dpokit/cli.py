@@ -1,5 +1,5 @@
 """`dpokit` command line: train | demo | losses | bench, plus the subcommands in COMMAND_MODULES
-(eval, report, compare: dpokit.eval.cli)."""
+(eval, report, compare: dpokit.eval.cli; sweep: dpokit.tasks.sweep)."""
 
 from __future__ import annotations
 
@@ -67,10 +67,14 @@ def cmd_demo(args) -> int:
             diffusion.eval_per_class, diffusion.sample_steps = 16, 5
         run_diffusion_demo(diffusion)
         return 0
-    settings = DemoSettings(output_dir=args.output_dir, loss=args.loss, loss_hparams=hparams, seed=args.seed)
+    settings = DemoSettings(output_dir=args.output_dir, loss=args.loss, loss_hparams=hparams, seed=args.seed,
+                            task=args.task, label_noise=args.label_noise)
     if args.quick:
         settings.n_train_prompts, settings.n_eval_prompts = 200, 60
         settings.warmup_steps, settings.dpo_epochs = 120, 2
+    if args.online and args.task != "parity":
+        print("dpokit demo: error: --online runs the parity task only (drop --task or --online)", file=sys.stderr)
+        return 2
     if args.online:  # the same experiment with online rounds (dpokit.tasks.online_demo)
         from .tasks.online_demo import run_online_demo
 
@@ -123,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smaller experiment (for smoke tests)")
+    p.add_argument("--task", default="parity", choices=("parity", "graded"),
+                   help="parity: binary reward; graded: five reward levels (dpokit.tasks.graded)")
+    p.add_argument("--label-noise", type=float, default=0.0, metavar="FRACTION",
+                   help="flip this fraction of the training pairs (data.label_noise)")
     p.add_argument("--online", action="store_true", help="online rounds: sample, judge, train, repeat")
     p.add_argument("--strategy", default="online_dpo", help="round strategy with --online (online_dpo, "
                    "iterative_dpo, dno, sppo, apo, xpo, hypo, ofs_dpo)")
@@ -157,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMAND_MODULES: List[str] = [
     "dpokit.eval.cli",
+    "dpokit.tasks.sweep",  # sweep
     "dpokit.preference.reward_model",  # train-rm, rm-margin
 ]
 

@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = subparsers.add_parser("report", help="self-contained HTML report of one or more runs (curves, frontier, samples)")
+    p = subparsers.add_parser("report", help="self-contained HTML report of one or more runs (curves, frontier, samples), "
+                                                "or of a `dpokit sweep` directory")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--output", default=None, help="output directory (default: RUN_DIR/report for one run, "
                                                   "./report for several); holds index.html and the PNGs")
@@ -247,7 +248,11 @@ def _loss_label(section: Dict[str, Any]) -> str:
 
 def cmd_report(args) -> int:
     from .report import build_report
+    from .sweep_report import build_sweep_report, is_sweep_dir
 
+    if len(args.runs) == 1 and is_sweep_dir(args.runs[0]):  # a `dpokit sweep` directory
+        print(build_sweep_report(args.runs[0], args.output or os.path.join(args.runs[0], "report"), title=args.title))
+        return 0
     output = args.output or (os.path.join(args.runs[0], "report") if len(args.runs) == 1 else "report")
     path = build_report(args.runs, output, title=args.title)
     print(path)

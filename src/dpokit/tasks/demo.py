@@ -1,4 +1,7 @@
-"""`dpokit demo`: a complete alignment experiment on the built-in parity task, no downloads.
+"""`dpokit demo`: a complete alignment experiment on a built-in task, no downloads.
+
+The task is ``parity`` (binary reward, :mod:`dpokit.tasks.parity`; the default) or ``graded``
+(five reward levels, :mod:`dpokit.tasks.graded`), chosen by ``DemoSettings.task``.
 
 1. build a word-level tokenizer and a tiny Llama model in-process;
 2. supervised warm-up on noisy demonstrations (right only part of the time);
@@ -29,7 +32,20 @@ from ..io import write_jsonl
 from ..paths import safe_join
 from ..reference import ModelReference
 from ..tiny import tiny_llama, train_tokenizer
+from .graded import GradedTask, build_graded_pairs
 from .parity import ParityTask, build_pairs
+
+# name -> (task class, on-policy pair builder, judge spec for the monitor and the evaluation)
+TASKS = {
+    "parity": (ParityTask, build_pairs, "parity"),
+    "graded": (GradedTask, build_graded_pairs, "dpokit.tasks.graded:graded_reward"),
+}
+
+
+def task_entry(name: str):
+    if name not in TASKS:
+        raise ValueError(f"unknown demo task {name!r}; choose one of {', '.join(sorted(TASKS))}")
+    return TASKS[name]
 
 
 @dataclass
@@ -49,6 +65,9 @@ class DemoSettings:
     dpo_batch_size: int = 16
     hidden_size: int = 64
     layers: int = 2
+    task: str = "parity"  # a key of TASKS
+    label_noise: float = 0.0  # fraction of training pairs flipped (data.label_noise), seeded by `seed`
+    pair_prompts: int = 0  # preference pairs from the first N training prompts only (0: all); the warm-up keeps all
 
 
 @torch.no_grad()
@@ -83,6 +102,7 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
     from ..train import Trainer
     from transformers import AutoModelForCausalLM
 
+    task_class, pair_builder, judge = task_entry(settings.task)
     spec = get_spec(settings.loss)
     if spec.needs.data != "pairs":
         raise ValueError(f"`dpokit demo --loss` takes a pairwise loss; {spec.name!r} trains on {spec.needs.data} data")
@@ -90,7 +110,7 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
     out = settings.output_dir
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(settings.seed)
-    task = ParityTask(warmup_accuracy=settings.warmup_accuracy, seed=settings.seed)
+    task = task_class(warmup_accuracy=settings.warmup_accuracy, seed=settings.seed)
     train_numbers, eval_numbers = task.split_numbers(settings.n_train_prompts, settings.n_eval_prompts)
 
     log(f"[1/5] tokenizer and tiny Llama ({settings.layers} layers, hidden {settings.hidden_size})")
@@ -111,10 +131,15 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
     sampler = HFSampler(model, tokenizer, SamplingConfig(max_new_tokens=8, seed=settings.seed + 1, top_k=0))
     train_prompts = [task.prompt(n) for n in train_numbers]
     eval_prompts = [task.prompt(n) for n in eval_numbers]
-    train_pairs = build_pairs(task, train_prompts, sampler.sample(train_prompts, settings.samples_per_prompt)[0],
-                              settings.seed)
-    heldout_rows = build_pairs(task, eval_prompts, sampler.sample(eval_prompts, settings.samples_per_prompt)[0],
-                               settings.seed + 1)
+    if settings.pair_prompts:
+        if not 0 < settings.pair_prompts <= len(train_prompts):
+            raise ValueError(f"pair_prompts: between 1 and n_train_prompts ({len(train_prompts)}), "
+                             f"got {settings.pair_prompts}")
+        train_prompts = train_prompts[:settings.pair_prompts]
+    train_pairs = pair_builder(task, train_prompts, sampler.sample(train_prompts, settings.samples_per_prompt)[0],
+                               settings.seed)
+    heldout_rows = pair_builder(task, eval_prompts, sampler.sample(eval_prompts, settings.samples_per_prompt)[0],
+                                settings.seed + 1)
     pairs_path = safe_join(out, "pairs.jsonl")
     write_jsonl(pairs_path, train_pairs)
     write_jsonl(safe_join(out, "heldout_pairs.jsonl"), heldout_rows)
@@ -128,15 +153,18 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
     if spec.needs.reference and "beta" in spec.defaults and "beta" not in settings.loss_hparams:
         # the task is small and sharp: beta 0.5 keeps the policy close to the reference (KL ~ 4 nats)
         loss_section["beta"] = settings.reference_beta
+    data_section = {"train": pairs_path, "eval": safe_join(out, "heldout_pairs.jsonl"), "max_length": 64}
+    if settings.label_noise:
+        data_section.update(label_noise=settings.label_noise, label_noise_seed=settings.seed)
     config = from_dict({
         "model": {"name_or_path": warmup_dir},
-        "data": {"train": pairs_path, "eval": safe_join(out, "heldout_pairs.jsonl"), "max_length": 64},
+        "data": data_section,
         "loss": loss_section,
         "reference": {"kind": "copy" if spec.needs.reference else "none"},
         "train": {"output_dir": safe_join(out, "train"), "seed": settings.seed, "epochs": settings.dpo_epochs,
                   "batch_size": settings.dpo_batch_size, "lr": settings.dpo_lr, "scheduler": "cosine",
                   "warmup_ratio": 0.05, "log_every": 5, "report_to": [], "progress_bar": False,
-                  "mixed_precision": "no", "monitor": {"judge": "parity", "samples": 2, "max_new_tokens": 8}},
+                  "mixed_precision": "no", "monitor": {"judge": judge, "samples": 2, "max_new_tokens": 8}},
     })
     Trainer(config).fit()
 
@@ -147,16 +175,17 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
     after = evaluate_policy(aligned, reference_model, tokenizer, task, eval_prompts, heldout, settings.seed + 2)
     from ..eval.suite import evaluate_into_run  # eval.json + samples.jsonl for `dpokit report`
 
-    evaluate_into_run(aligned, reference_model, tokenizer, heldout, out, judge="parity", max_new_tokens=8,
+    evaluate_into_run(aligned, reference_model, tokenizer, heldout, out, judge=judge, max_new_tokens=8,
                       seed=settings.seed + 3, beta=config.loss.get("beta", 0.1),
                       meta={"model": final_dir, "reference": warmup_dir})
     summary = {
-        "task": "parity",
+        "task": settings.task,
         "loss": settings.loss,
         "loss_hparams": config.loss,
         "before": before,
         "after": after,
         "train_pairs": len(train_pairs),
+        "label_noise": settings.label_noise,
         "seconds": round(time.time() - started, 1),
         "run_dir": out,
     }
