@@ -168,13 +168,13 @@ def _numeric_extras(location: str, record: Dict[str, Any], known: Sequence[str])
         if isinstance(value, bool):
             extras[key] = float(value)
         elif isinstance(value, (int, float)):
-            extras[key] = _finite(location, key, value)
+            extras[key] = _finite_number(location, key, value)
         elif isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            extras[key] = [_finite(location, key, v) for v in value]
+            extras[key] = [_finite_number(location, key, v) for v in value]
     return extras
 
 
-def _finite(location: str, key: Any, value) -> float:
+def _finite_number(location: str, key: Any, value) -> float:
     try:
         number = float(value)
     except OverflowError:  # an integer beyond float range

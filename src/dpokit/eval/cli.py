@@ -234,9 +234,9 @@ def _cmd_eval(args) -> int:
     if args.format == "table":
         print(format_eval_table(result))
     else:
-        from .suite import _finite
+        from .suite import json_safe
 
-        print(json.dumps(_finite(result), indent=2))
+        print(json.dumps(json_safe(result), indent=2))
     return 0
 
 

@@ -291,17 +291,18 @@ def write_eval(result: Dict[str, Any], rows: Sequence[Dict[str, Any]], output: s
                 handle.write(json.dumps(row) + "\n")
         result["samples_file"] = os.path.basename(samples_path)
     with open(json_path, "w") as handle:
-        json.dump(_finite(result), handle, indent=2)
+        json.dump(json_safe(result), handle, indent=2)
     return json_path
 
 
-def _finite(value):
+def json_safe(value):
+    """``value`` with non-finite floats as None (JSON has no NaN), through dicts and lists."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 

@@ -19,6 +19,8 @@ import random
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
+from .numbers import NumberTask
+
 PHRASINGS = ("{d}", "it is {d}", "answer : {d}", "the digit is {d}", "i think it is {d}")
 DIGITS = tuple(str(d) for d in range(10))
 MAX_DISTANCE = 4  # a miss by this much or more earns nothing
@@ -35,26 +37,8 @@ def level(d: int) -> float:
 
 
 @dataclass
-class GradedTask:
-    digits: int = 3
-    warmup_accuracy: float = 0.25
-    seed: int = 0
-
-    def prompt(self, number: int) -> str:
-        return "number : " + " ".join(str(number).zfill(self.digits)) + " . last digit ?"
-
-    @staticmethod
-    def number_of(prompt: str) -> int:
-        body = prompt.split(":", 1)[1].split(".", 1)[0]
-        return int(body.replace(" ", ""))
-
-    def split_numbers(self, n_train: int, n_eval: int) -> Tuple[List[int], List[int]]:
-        rng = random.Random(self.seed)
-        numbers = list(range(10 ** self.digits))
-        rng.shuffle(numbers)
-        if n_train + n_eval > len(numbers):
-            raise ValueError("not enough distinct numbers for the requested split")
-        return numbers[:n_train], numbers[n_train:n_train + n_eval]
+class GradedTask(NumberTask):
+    question = "last digit ?"
 
     def answer(self, number: int, miss: int, rng: random.Random) -> str:
         return rng.choice(PHRASINGS).format(d=(number + miss) % 10)

@@ -17,31 +17,15 @@ import random
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
+from .numbers import NumberTask
+
 PHRASINGS = ("{p}", "it is {p}", "answer : {p}", "the number is {p}", "i think it is {p}")
 PARITY_WORDS = ("even", "odd")
 
 
 @dataclass
-class ParityTask:
-    digits: int = 3
-    warmup_accuracy: float = 0.25
-    seed: int = 0
-
-    def prompt(self, number: int) -> str:
-        return "number : " + " ".join(str(number).zfill(self.digits)) + " . even or odd ?"
-
-    @staticmethod
-    def number_of(prompt: str) -> int:
-        body = prompt.split(":", 1)[1].split(".", 1)[0]
-        return int(body.replace(" ", ""))
-
-    def split_numbers(self, n_train: int, n_eval: int) -> Tuple[List[int], List[int]]:
-        rng = random.Random(self.seed)
-        numbers = list(range(10 ** self.digits))
-        rng.shuffle(numbers)
-        if n_train + n_eval > len(numbers):
-            raise ValueError("not enough distinct numbers for the requested split")
-        return numbers[:n_train], numbers[n_train:n_train + n_eval]
+class ParityTask(NumberTask):
+    question = "even or odd ?"
 
     def answer(self, number: int, correct: bool, rng: random.Random) -> str:
         parity = "even" if number % 2 == 0 else "odd"

@@ -9,6 +9,8 @@ import math
 import os
 from typing import Any, Dict, Iterable, List, Optional
 
+from ..io import read_jsonl
+
 logger = logging.getLogger("dpokit")
 
 
@@ -54,8 +56,8 @@ class MetricsLog:
 
 
 def read_metrics(path: str) -> List[Dict[str, Any]]:
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """The records of a run's ``metrics.jsonl`` (:func:`dpokit.io.read_jsonl`: one torn-line rule)."""
+    return read_jsonl(path)
 
 
 # ---- experiment trackers (train.report_to) ---------------------------------------------------
