@@ -67,3 +67,16 @@ def test_chat_data_without_template_fails_clearly(tokenizer):
 def test_unpaired_examples(tokenizer):
     [ex], _ = tokenize_examples([UnpairedExample("Q", " a", False)], tokenizer)
     assert len(ex.completions) == 1 and ex.label is False
+
+
+def test_given_ids_are_checked_against_the_model_vocabulary_when_it_is_larger(tokenizer):
+    """Models with padded vocabularies (embedding rows beyond the tokenizer) can sample those ids."""
+    from dpokit.errors import DataError
+
+    top = len(tokenizer)  # one past the tokenizer's last id
+    pair = PreferencePair("p", " a", " b", {}, "round pair 0", prompt_ids=[5, 6], chosen_ids=[7, top],
+                          rejected_ids=[8])
+    with pytest.raises(DataError, match="round pair 0"):
+        tokenize_examples([pair], tokenizer, max_length=32)
+    examples, _ = tokenize_examples([pair], tokenizer, max_length=32, vocab_size=top + 8)
+    assert examples[0].completions[0] == [7, top]

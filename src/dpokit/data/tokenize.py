@@ -126,7 +126,11 @@ def tokenize_examples(
     truncation_mode: str = "keep_end",
     append_eos: bool = True,
     on_empty_completion: str = "skip",
+    vocab_size: Optional[int] = None,
 ) -> Tuple[List[TokenizedExample], TruncationReport]:
+    """Token ids of ``examples``. Ids given with an example (sampled by the policy) are used as they
+    are and checked against ``vocab_size`` (default ``len(tokenizer)``; pass the model's embedding
+    size when it is larger, as for models with padded vocabularies, which can sample those ids)."""
     if truncation_mode not in TRUNCATION_MODES:
         raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
     if on_empty_completion not in ("skip", "error"):
@@ -135,7 +139,7 @@ def tokenize_examples(
     if append_eos and eos is None:
         raise ValueError("the tokenizer has no eos_token_id; set one or use append_eos: false")
 
-    given = [_given_ids(ex, len(tokenizer)) for ex in examples]
+    given = [_given_ids(ex, max(vocab_size or 0, len(tokenizer))) for ex in examples]
     rendered = [("", [], False) if prompt is not None and all(c is not None for c in comps)
                 else render(ex, tokenizer) for ex, (prompt, comps) in zip(examples, given)]
     # templated prompts already carry the template's special tokens; plain text gets BOS

@@ -69,6 +69,7 @@ class Trainer(CheckpointingMixin):
         if model is None:
             model, tokenizer = load_policy(config)
         self.tokenizer = tokenizer
+        self.vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)  # may exceed len(tokenizer)
         self.scorer = build_scorer(config, self.loss_fn.needs, tokenizer, model)
         if scorer_wrapper is not None:
             self.scorer = scorer_wrapper(self.scorer)
@@ -157,7 +158,7 @@ class Trainer(CheckpointingMixin):
         """``(tokenized examples, report)`` with the run's data settings."""
         d = self.config.data
         return tokenize_examples(examples, self.tokenizer, d.max_length, d.max_prompt_length, d.truncation_mode,
-                                 d.append_eos, d.on_empty_completion)
+                                 d.append_eos, d.on_empty_completion, self.vocab_size)
 
     def set_train_examples(self, examples: Sequence) -> None:
         """Replace the training examples by as many new ones (same positions: the data order, the
