@@ -28,6 +28,13 @@ def dpo_config(model_dir, data, out, batch, **train):
                                "eval_every": 3, **train})
 
 
+# float32 rounding of two half-batch gradients summed by gloo vs one whole-batch gradient, compounded
+# over 6 steps at lr 1e-2: on an AMD EPYC CPU the grad_norm of step 6 differs by 1.35e-5 relative and
+# the final weights by 1.15e-5 (deterministic, the same with one thread per process). A distribution
+# bug moves them far more: a missing factor W halves grad_norm, a wrong shard changes every loss.
+RTOL, WEIGHT_ATOL = 3e-5, 2e-5
+
+
 def assert_same_records(a, b, atol=2e-6):
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for x, y in zip(a, b):
@@ -35,7 +42,7 @@ def assert_same_records(a, b, atol=2e-6):
         for key in x:
             if key in ("steps_per_s",) or not isinstance(x[key], (int, float)):
                 continue
-            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=atol), (x["step"], key)
+            assert x[key] == pytest.approx(y[key], rel=RTOL, abs=atol), (x["step"], key)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +64,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(dpo_runs):
     assert_same_records(one, two)
     diff = max_weight_diff(final_weights(root / "one"), final_weights(root / "two"))
     print(f"DDP 2 processes vs 1 process: max abs weight diff {diff:.3g}")
-    assert diff < 1e-5
+    assert diff < WEIGHT_ATOL
     assert sorted(os.listdir(root / "two" / "checkpoints")) == ["step-000002", "step-000004", "step-000006"]
 
 
@@ -68,7 +75,7 @@ def test_two_process_checkpoint_resumes_in_one_process(dpo_runs, tiny_model_dir)
     assert result["status"] == "completed" and result["step"] == 6
     diff = max_weight_diff(final_weights(root / "two"), final_weights(root / "cut-one"))
     print(f"DDP 2-process checkpoint resumed on 1 process vs uninterrupted: max abs weight diff {diff:.3g}")
-    assert diff < 1e-5
+    assert diff < WEIGHT_ATOL
     assert_same_records(losses(root / "two"), losses(root / "cut-one"))
 
 
@@ -78,7 +85,7 @@ def test_two_process_checkpoint_resumes_in_two_processes(dpo_runs, tiny_model_di
     train_cli(write_config(dpo_config(tiny_model_dir, data, root / "cut-two", BATCH), root / "cut-two.yaml"), "--resume")
     diff = max_weight_diff(final_weights(root / "two"), final_weights(root / "cut-two"))
     print(f"DDP 2-process checkpoint resumed on 2 processes vs uninterrupted: max abs weight diff {diff:.3g}")
-    assert diff < 1e-5
+    assert diff < WEIGHT_ATOL
     assert_same_records(losses(root / "two"), losses(root / "cut-two"))
 
 
@@ -111,7 +118,7 @@ def test_batch_coupled_losses_gather_across_processes(tmp_path, tiny_model_dir):
     assert_same_records(losses(tmp_path / "one"), losses(tmp_path / "two"))
     diff = max_weight_diff(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"))
     print(f"AOT + BCO 2 processes vs 1 process: max abs weight diff {diff:.3g}")
-    assert diff < 1e-5
+    assert diff < WEIGHT_ATOL
     extra = torch.load(tmp_path / "two" / "checkpoints" / "step-000004" / "extra.pt", weights_only=True)
     running = extra["loss"]["1"]
     assert running["count"] == 2 * 4 * 4  # chosen and rejected rewards of 4 global batches of 4
