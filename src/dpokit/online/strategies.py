@@ -187,6 +187,11 @@ class RoundStrategy:
         return self.loop.policy
 
 
+def with_beta(section: Dict[str, Any], base: Dict[str, Any]) -> Dict[str, Any]:
+    """A strategy's own loss section, with the configured loss's ``beta`` carried over when it has one."""
+    return {**section, "beta": base["beta"]} if "beta" in base else section
+
+
 def check_options(cls, options: Dict[str, Any]) -> Dict[str, Any]:
     valid = cls.option_names()
     unknown = sorted(set(options or {}) - set(valid))
@@ -310,9 +315,7 @@ class SPPO(RoundStrategy):
         if resolve_name(base.get("name", "dpo")) in ("sppo", "sppo_hard"):
             return dict(base)
         section = {"name": "sppo"}
-        if "beta" in base:
-            section["beta"] = base["beta"]
-        return section
+        return with_beta(section, base)
 
     def rows(self, groups, r):
         train, info = [], []
@@ -397,9 +400,7 @@ class XPO(RoundStrategy):
                               f"not {name!r}")
         section = {"name": "xpo", "loss_type": "sigmoid" if name == "dpo" else "ipo",
                    "alpha": float(options.get("alpha", cls.OPTIONS["alpha"]))}
-        if "beta" in base:
-            section["beta"] = base["beta"]
-        return section
+        return with_beta(section, base)
 
     def rows(self, groups, r):
         train, info = [], []
@@ -437,9 +438,7 @@ class HyPO(RoundStrategy):
     @classmethod
     def loss_section(cls, base, options):
         section = {"name": "hypo", "lam": float(options.get("lam", cls.OPTIONS["lam"]))}
-        if "beta" in base:
-            section["beta"] = base["beta"]
-        return section
+        return with_beta(section, base)
 
     def setup(self):
         d = self.loop.config.data
@@ -511,9 +510,7 @@ class OFSDPO(RoundStrategy):
     def loss_section(cls, base, options):
         section = {"name": "ofs_dpo", "alpha": float(options.get("alpha", cls.OPTIONS["alpha"])),
                    "ema": float(options.get("ema", cls.OPTIONS["ema"]))}
-        if "beta" in base:
-            section["beta"] = base["beta"]
-        return section
+        return with_beta(section, base)
 
     def setup(self):
         from peft import LoraConfig, get_peft_model

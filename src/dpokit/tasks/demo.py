@@ -196,10 +196,13 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
     return summary
 
 
-def format_table(before: Dict[str, float], after: Dict[str, float]) -> str:
-    rows = [("task reward (held-out)", "reward"), ("preference accuracy", "preference_accuracy"),
-            ("KL to reference", "kl"), ("response length", "length")]
-    lines = [f"{'metric':<26}{'before':>10}{'after':>10}", "-" * 46]
+TABLE_ROWS = (("task reward (held-out)", "reward"), ("preference accuracy", "preference_accuracy"),
+              ("KL to reference", "kl"), ("response length", "length"))
+
+
+def format_table(before: Dict[str, float], after: Dict[str, float], rows=TABLE_ROWS, width: int = 26) -> str:
+    """The demo's before/after table: ``rows`` of ``(label, summary key)``, labels ``width`` wide."""
+    lines = [f"{'metric':<{width}}{'before':>10}{'after':>10}", "-" * (width + 20)]
     for label, key in rows:
-        lines.append(f"{label:<26}{before[key]:>10.3f}{after[key]:>10.3f}")
+        lines.append(f"{label:<{width}}{before[key]:>10.3f}{after[key]:>10.3f}")
     return "\n".join(lines)

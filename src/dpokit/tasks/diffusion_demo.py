@@ -35,6 +35,7 @@ from ..reference import ModelReference
 from ..scoring import build_scorer
 from ..scoring.diffusion import noised_and_target, per_sample_error, predict
 from .bimodal import BimodalTask, ddim_sample, noise_scheduler, tiny_unet
+from .demo import format_table
 
 
 @dataclass
@@ -229,16 +230,11 @@ def run_diffusion_demo(settings: DiffusionDemoSettings, log=print) -> Dict[str, 
     }
     with open(safe_join(out, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
-    log(format_table(before, after))
+    log(format_table(before, after, TABLE_ROWS, width=28))
     log(f"summary: {safe_join(out, 'summary.json')}  ({summary['seconds']} s, {summary['cpu_seconds']} s CPU)")
     return summary
 
 
-def format_table(before: Dict[str, float], after: Dict[str, float]) -> str:
-    rows = [("fraction in preferred mode", "fraction_in_preferred_mode"), ("fraction in mode A", "fraction_in_A"),
-            ("reward (preferred score)", "reward"), ("class accuracy", "class_accuracy"),
-            ("preference accuracy", "preference_accuracy")]
-    lines = [f"{'metric':<28}{'before':>10}{'after':>10}", "-" * 48]
-    for label, key in rows:
-        lines.append(f"{label:<28}{before[key]:>10.3f}{after[key]:>10.3f}")
-    return "\n".join(lines)
+TABLE_ROWS = (("fraction in preferred mode", "fraction_in_preferred_mode"), ("fraction in mode A", "fraction_in_A"),
+              ("reward (preferred score)", "reward"), ("class accuracy", "class_accuracy"),
+              ("preference accuracy", "preference_accuracy"))

@@ -73,7 +73,7 @@ class Trainer(CheckpointingMixin):
         self.scorer = build_scorer(config, self.loss_fn.needs, tokenizer, model)
         if scorer_wrapper is not None:
             self.scorer = scorer_wrapper(self.scorer)
-        self.train_examples, self.eval_examples = self._load_data()
+        self._load_data()  # train_examples, eval_examples, data_plan, data_report
         if reference is None:
             reference = build_reference(config, self.loss_fn.needs, model, self.accelerator, self.scorer,
                                         self.train_examples + self.eval_examples, self._policy_from_path,
@@ -184,7 +184,6 @@ class Trainer(CheckpointingMixin):
         labels = [ex.label for ex in self.train_examples] if self.loss_fn.needs.data == "unpaired" else None
         for message in self.loss_fn.check_data(labels):  # e.g. KTO's class balance
             logger.warning(message)
-        return self.train_examples, self.eval_examples
 
     # ---- the loop -----------------------------------------------------------------------------
     def compute_loss(self, batch, training: bool = True):
