@@ -39,14 +39,7 @@ def run_methods(methods: Sequence[Tuple[str, Dict[str, Any]]], seeds: Sequence[i
     in ``out/<method>``, with its settings (and ``shared``) as ``--set`` values."""
     from dpokit.tasks.sweep import DemoBase, parse_grid, run_sweep
 
-    logging.getLogger("dpokit").setLevel(logging.WARNING)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    quiet_logs()
     results: Dict[str, Dict[int, Dict[str, float]]] = {}
     for label, settings in methods:
         items = {**(QUICK if quick else {}), **{k: str(v) for k, v in {**(shared or {}), **settings}.items()}}
@@ -62,6 +55,19 @@ def run_methods(methods: Sequence[Tuple[str, Dict[str, Any]]], seeds: Sequence[i
         ROWS.extend({**r, "run": f"{label} / {r['run']}", "dir": os.path.relpath(os.path.join(directory, r["dir"]), out),
                      "keys": {"method": label, **r["keys"]}} for r in sweep["rows"])
     return results
+
+
+def quiet_logs():
+    """Lower dpokit's and transformers' log levels (progress bars off); returns a ``log`` that drops lines."""
+    logging.getLogger("dpokit").setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    return lambda *_: None
 
 
 ROWS: List[Dict[str, Any]] = []  # every run of this process, keyed by method and seed (for sweep.json)
@@ -122,7 +128,8 @@ def verdict(checks: Sequence[Tuple[str, Optional[bool]]]) -> str:
     return "\n".join(lines + [f"claim: {word}"])
 
 
-def finish(name: str, args, results, text: str, started: float) -> Dict[str, Any]:
+def finish(name: str, args, results, text: str, started: float, sweep: bool = True) -> Dict[str, Any]:
+    """Print ``text``, write ``claim.json`` and (``sweep``: runs made through :func:`run_methods`) ``sweep.json``."""
     seconds = time.time() - started
     run_seconds = sum(v.get("seconds", 0.0) for per_seed in results.values() for v in per_seed.values())
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}"
@@ -136,7 +143,8 @@ def finish(name: str, args, results, text: str, started: float) -> Dict[str, Any
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "claim.json"), "w") as handle:
         json.dump(record, handle, indent=2)
-    write_sweep(args.out, name)
+    if sweep:
+        write_sweep(args.out, name)
     return record
 
 

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from dpokit.errors import ConfigError
+from dpokit.tasks.demo import DemoSettings
 from dpokit.tasks.sweep import DemoBase, expand, parse_grid, run_name, run_sweep
 
 
@@ -112,11 +113,17 @@ def test_demo_settings_from_keys(tmp_path):
     assert s.pair_prompts == 100
     assert (s.n_train_prompts, s.warmup_steps, s.dpo_epochs) == (200, 120, 2)
     assert s.output_dir == str(tmp_path / "r")
+    # ranked lists of each prompt's samples: a listwise loss reads them whole, a pairwise one through pair_builder
+    point = expand(parse_grid(["loss=plackett_luce", "train_data=lists", "pair_builder=all_pairs"]))[0]
+    s = base.settings(point, str(tmp_path / "l"))
+    assert (s.loss, s.train_data, s.pair_builder) == ("plackett_luce", "lists", "all_pairs")
+    assert s.data_kind("lists") == "lists" and DemoSettings().data_kind("lists") == "lists"
+    assert DemoSettings().data_kind("pairs") == "pairs" and s.data_kind("pairs") == "lists"
 
 
 @pytest.mark.parametrize("item, message", [
     ("lr=1", "not a demo setting"), ("seed=0.5", "expected int"), ("task=nope", "unknown demo task"),
-    ("loss=nope", "unknown loss"), ("loss=plackett_luce", "pairwise"), ("hparam.nope=1", "no hyperparameter"),
+    ("loss=nope", "unknown loss"), ("loss=kto", "unpaired"), ("train_data=nope", "train_data"), ("hparam.nope=1", "no hyperparameter"),
     ("hparam.beta=-1", "beta"),
 ])
 def test_demo_settings_errors(item, message, tmp_path):

@@ -33,6 +33,7 @@ from ..paths import safe_join
 from ..reference import ModelReference
 from ..tiny import tiny_llama, train_tokenizer
 from .graded import GradedTask, build_graded_pairs
+from .numbers import build_ranked_lists
 from .parity import ParityTask, build_pairs
 
 # name -> (task class, on-policy pair builder, judge spec for the monitor and the evaluation)
@@ -68,6 +69,18 @@ class DemoSettings:
     task: str = "parity"  # a key of TASKS
     label_noise: float = 0.0  # fraction of training pairs flipped (data.label_noise), seeded by `seed`
     pair_prompts: int = 0  # preference pairs from the first N training prompts only (0: all); the warm-up keeps all
+    # "pairs": the task's on-policy pair builder; "lists": each prompt's samples as one ranked list
+    # (data.kind lists), which a pairwise loss turns into pairs with `pair_builder`, a listwise loss reads whole
+    train_data: str = "pairs"
+    pair_builder: str = "best_vs_worst"  # data.pair_builder, with train_data "lists" and a pairwise loss
+
+    def data_kind(self, loss_data: str) -> str:
+        """``pairs`` or ``lists``: what the demo writes for a loss that trains on ``loss_data``."""
+        if loss_data == "unpaired":
+            raise ValueError(f"the demo trains pairwise and listwise losses; {self.loss!r} trains on unpaired data")
+        if self.train_data not in ("pairs", "lists"):
+            raise ValueError(f"train_data: 'pairs' or 'lists', got {self.train_data!r}")
+        return "lists" if loss_data == "lists" else self.train_data
 
 
 @torch.no_grad()
@@ -104,8 +117,7 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
 
     task_class, pair_builder, judge = task_entry(settings.task)
     spec = get_spec(settings.loss)
-    if spec.needs.data != "pairs":
-        raise ValueError(f"`dpokit demo --loss` takes a pairwise loss; {spec.name!r} trains on {spec.needs.data} data")
+    data_kind = settings.data_kind(spec.needs.data)
     started = time.time()
     out = settings.output_dir
     os.makedirs(out, exist_ok=True)
@@ -136,16 +148,19 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
             raise ValueError(f"pair_prompts: between 1 and n_train_prompts ({len(train_prompts)}), "
                              f"got {settings.pair_prompts}")
         train_prompts = train_prompts[:settings.pair_prompts]
-    train_pairs = pair_builder(task, train_prompts, sampler.sample(train_prompts, settings.samples_per_prompt)[0],
-                               settings.seed)
-    heldout_rows = pair_builder(task, eval_prompts, sampler.sample(eval_prompts, settings.samples_per_prompt)[0],
-                                settings.seed + 1)
-    pairs_path = safe_join(out, "pairs.jsonl")
+    train_samples = sampler.sample(train_prompts, settings.samples_per_prompt)[0]
+    if data_kind == "lists":
+        train_pairs = build_ranked_lists(task.reward, train_prompts, train_samples)
+    else:
+        train_pairs = pair_builder(task, train_prompts, train_samples, settings.seed)
+    eval_samples = sampler.sample(eval_prompts, settings.samples_per_prompt)[0]
+    heldout_rows = pair_builder(task, eval_prompts, eval_samples, settings.seed + 1)
+    pairs_path = safe_join(out, "lists.jsonl" if data_kind == "lists" else "pairs.jsonl")
     write_jsonl(pairs_path, train_pairs)
     write_jsonl(safe_join(out, "heldout_pairs.jsonl"), heldout_rows)
     heldout, _ = tokenize_examples([PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in heldout_rows],
                                    tokenizer, max_length=64)
-    log(f"      {len(train_pairs)} training pairs, {len(heldout)} held-out pairs")
+    log(f"      {len(train_pairs)} training {'lists' if data_kind == 'lists' else 'pairs'}, {len(heldout)} held-out pairs")
     before = evaluate_policy(model, model, tokenizer, task, eval_prompts, heldout, settings.seed + 2)
 
     log(f"[4/5] preference training with {settings.loss!r} (reference = warm-up model)")
@@ -154,6 +169,9 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
         # the task is small and sharp: beta 0.5 keeps the policy close to the reference (KL ~ 4 nats)
         loss_section["beta"] = settings.reference_beta
     data_section = {"train": pairs_path, "eval": safe_join(out, "heldout_pairs.jsonl"), "max_length": 64}
+    if data_kind == "lists":  # the trainer's evaluation reads the same kind: the held-out samples as lists
+        write_jsonl(safe_join(out, "heldout_lists.jsonl"), build_ranked_lists(task.reward, eval_prompts, eval_samples))
+        data_section.update(kind="lists", pair_builder=settings.pair_builder, eval=safe_join(out, "heldout_lists.jsonl"))
     if settings.label_noise:
         data_section.update(label_noise=settings.label_noise, label_noise_seed=settings.seed)
     config = from_dict({
@@ -184,7 +202,8 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
         "loss_hparams": config.loss,
         "before": before,
         "after": after,
-        "train_pairs": len(train_pairs),
+        "train_pairs": len(train_pairs),  # training examples: pairs, or ranked lists with train_data "lists"
+        "train_data": data_kind,
         "label_noise": settings.label_noise,
         "seconds": round(time.time() - started, 1),
         "run_dir": out,

@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
-from .numbers import NumberTask
+from .numbers import NumberTask, build_ranked_lists
 
 PHRASINGS = ("{d}", "it is {d}", "answer : {d}", "the digit is {d}", "i think it is {d}")
 DIGITS = tuple(str(d) for d in range(10))
@@ -87,13 +87,7 @@ def build_graded_pairs(task: GradedTask, prompts: Sequence[str], samples: Sequen
 def build_graded_lists(task: GradedTask, prompts: Sequence[str], samples: Sequence[Sequence[str]]) -> List[dict]:
     """Ranked lists: every non-empty sample of a prompt with its reward; prompts whose samples all tie
     are left out."""
-    rows = []
-    for prompt, responses in zip(prompts, samples):
-        responses = [r for r in responses if r.strip()]
-        scores = [task.reward(prompt, r) for r in responses]
-        if len(set(scores)) > 1:
-            rows.append({"prompt": prompt, "responses": [" " + r for r in responses], "scores": scores})
-    return rows
+    return build_ranked_lists(task.reward, prompts, samples)
 
 
 def graded_reward(prompt: str, response: str) -> float:

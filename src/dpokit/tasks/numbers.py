@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 
 @dataclass
@@ -31,3 +31,16 @@ class NumberTask:
         if n_train + n_eval > len(numbers):
             raise ValueError("not enough distinct numbers for the requested split")
         return numbers[:n_train], numbers[n_train:n_train + n_eval]
+
+
+def build_ranked_lists(reward: Callable[[str, str], float], prompts: Sequence[str],
+                       samples: Sequence[Sequence[str]]) -> List[dict]:
+    """Ranked lists (``data.kind: lists``): every non-empty sample of a prompt with its ``reward(prompt,
+    response)``; prompts whose samples all tie carry no preference and are left out."""
+    rows = []
+    for prompt, responses in zip(prompts, samples):
+        responses = [r for r in responses if r.strip()]
+        scores = [reward(prompt, r) for r in responses]
+        if len(set(scores)) > 1:
+            rows.append({"prompt": prompt, "responses": [" " + r for r in responses], "scores": scores})
+    return rows

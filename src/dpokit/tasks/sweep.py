@@ -140,9 +140,10 @@ class DemoBase:
         except (KeyError, ValueError, TypeError) as err:
             raise ConfigError(f"sweep run {run_name(point)} (loss {settings.loss}): "
                               f"{err.args[0] if err.args else err}") from None
-        if spec.needs.data != "pairs":
-            raise ConfigError(f"sweep key loss={settings.loss}: the demo trains pairwise losses; "
-                              f"{spec.name!r} trains on {spec.needs.data}")
+        try:
+            settings.data_kind(spec.needs.data)
+        except ValueError as err:
+            raise ConfigError(f"sweep run {run_name(point)}: {err}") from None
         return settings
 
     def check(self, point, run_dir: str) -> None:
