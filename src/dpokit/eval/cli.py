@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--judge", default=None, help="'parity' (built-in), 'module:function' or 'file.py:function'")
     p.add_argument("--reward-model", default=None, metavar="PATH",
                    help="judge with a sequence-classification reward model (e.g. from `dpokit train-rm`)")
+    from .generalization import add_arguments as add_generalization_arguments
+
+    add_generalization_arguments(p)  # --explicit-rm, --shift-data
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -174,6 +177,12 @@ def _cmd_eval(args) -> int:
         ref_path = default_reference(run_config)
     if ref_path == "none":
         ref_path = None
+    from .generalization import check_args, format_generalization, from_args
+
+    try:
+        check_args(args, ref_path is not None)
+    except ValueError as err:
+        raise EvalArgumentError(str(err)) from None
     # the loss is resolved (and its errors reported) before any model is loaded
     explicit = bool(args.loss or args.hparam)
     section = eval_loss_section(run_config.get("loss"), args.loss, args.hparam)
@@ -223,6 +232,11 @@ def _cmd_eval(args) -> int:
     result, rows = evaluate_checkpoint(policy, reference, tokenizer, pairs, prompts, judge, loss_fn, settings)
     if args.reward_model:
         result["judge"] = f"reward_model:{args.reward_model}"
+    if args.explicit_rm:
+        try:
+            result["reward_generalization"] = from_args(args, policy, reference, tokenizer, beta, str(device))
+        except ValueError as err:
+            raise EvalArgumentError(str(err)) from None
     if skipped_loss:
         result.setdefault("notes", []).append(f"the run's loss is not reported: {skipped_loss}")
     result.update(model=args.model, reference=ref_path, dropped_by_truncation=dropped, step=info.get("step"),
@@ -233,6 +247,8 @@ def _cmd_eval(args) -> int:
         print(f"wrote {path}", file=sys.stderr)
     if args.format == "table":
         print(format_eval_table(result))
+        if result.get("reward_generalization"):
+            print("\n" + format_generalization(result["reward_generalization"]))
     else:
         from .suite import json_safe
 
