@@ -34,6 +34,7 @@ EXTRA_KEYS = (
     # policy-gradient losses (dpokit.losses.policy_gradient)
     "list_old_logps",
     "list_old_token_logps",
+    "answer_ids",
 )
 TOKEN_STATS = ("ref_kl", "sum_p2", "entropy")
 
@@ -98,7 +99,8 @@ def make_full_inputs(batch: int = 4, T: int = 6, seed: int = 0, dtype=torch.floa
     pg = torch.Generator().manual_seed(seed + 32452843)  # own stream, as above
     old_tokens = (list_policy_logps.unsqueeze(-1) * spread
                   + 0.05 * torch.randn(batch, K, T, generator=pg, dtype=dtype)) * list_token_mask.to(dtype)
-    extras.update({"list_old_token_logps": old_tokens, "list_old_logps": old_tokens.sum(-1)})
+    extras.update({"list_old_token_logps": old_tokens, "list_old_logps": old_tokens.sum(-1),
+                   "answer_ids": torch.randint(0, 2, (batch, K), generator=pg).to(dtype)})
     return LossInputs(
         policy_chosen_logps=ptw.sum(-1),
         policy_rejected_logps=ptl.sum(-1),

@@ -34,6 +34,7 @@ EXPECTED = {
     "xpo": "online", "hypo": "online", "ofs_dpo": "online",
     "plackett_luce": "listwise", "tpo_list": "listwise",
     "reinforce": "policy_gradient", "rloo": "policy_gradient", "grpo": "policy_gradient",
+    "copo": "policy_gradient",
 }
 
 TRL_NAMES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",

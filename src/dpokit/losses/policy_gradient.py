@@ -304,3 +304,155 @@ def grpo_loss(inputs: LossInputs, beta: float = 0.04, clip_eps: float = 0.2, cli
     if kl is not None:
         metrics["kl"] = (kl.detach() * m).sum() / m.sum().clamp_min(1)
     return LossOutput(loss, metrics)
+
+
+# ---- COPO: consistency-aware policy optimisation -----------------------------------------------------
+ANSWER_IDS = "answer_ids"
+_COPO_MODES = ("soft_with_zero", "soft_with_forced", "only_soft", "only_global", "no_global")
+
+
+def answer_ids_from_strings(answers) -> Tuple[Tensor, Tensor]:
+    """Extracted answers (one list of strings per prompt) -> ``(ids [B, K] float, mask [B, K])``:
+    responses with equal strings share an id (plain string equality, as the released code)."""
+    width = max((len(a) for a in answers), default=0)
+    ids = torch.full((len(answers), width), -1.0)
+    mask = torch.zeros(len(answers), width, dtype=torch.bool)
+    for b, group in enumerate(answers):
+        seen: Dict[str, int] = {}
+        for k, answer in enumerate(group):
+            ids[b, k] = float(seen.setdefault(str(answer), len(seen)))
+            mask[b, k] = True
+    return ids, mask
+
+
+def answer_entropy(answer_ids: Tensor, mask: Tensor) -> Tensor:
+    """``H_g = -sum_a p_a log2 p_a`` over each group's extracted answers, [B] (0 when all agree)."""
+    mask = mask.bool()
+    same = (answer_ids.unsqueeze(-1) == answer_ids.unsqueeze(-2)) & mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    n = mask.sum(-1, keepdim=True).to(torch.float64).clamp_min(1)
+    p = same.sum(-1).to(torch.float64) / n  # p of the answer of response k
+    # sum over answers a of -p_a log2 p_a = sum over responses k of -(1/n) log2 p_(a_k)
+    h = -(torch.log2(p.clamp_min(1e-300)) * mask).sum(-1) / n.squeeze(-1)
+    return h.clamp_min(0.0).to(answer_ids.dtype if answer_ids.is_floating_point() else torch.float32)
+
+
+def copo_advantages(rewards: Tensor, answer_ids: Tensor, mask: Tensor, k: float = 5.0, b: float = 1.0,
+                    mode: str = "soft_with_zero", consistency_coef: bool = False,
+                    eps: float = 1e-6) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """COPO's ``(A_loc [B, K], A_glob [B, 1], w [B, K], H [B])`` (see :func:`copo_loss`), no gradient.
+
+    ``A_glob`` is normalised across the prompt groups of the batch (all processes when distributed)."""
+    from ._distributed import gather_detached
+
+    if mode not in _COPO_MODES:
+        raise ValueError(f"copo mode must be one of {_COPO_MODES}, got {mode!r}")
+    mask = mask.bool()
+    rewards = rewards.masked_fill(~mask, 0.0).detach()
+    local = grpo_advantages(rewards, mask, True, eps)
+    entropy = answer_entropy(answer_ids, mask).to(rewards.dtype)
+    n = mask.sum(-1).to(rewards.dtype)
+    if consistency_coef:
+        lam = torch.where(n > 1, (1.0 - 1.0 / n.clamp_min(1)) / torch.log2(n.clamp_min(2)), torch.zeros_like(n))
+        coef = 1.0 - lam * entropy
+    else:
+        coef = torch.ones_like(entropy)
+    global_reward = group_mean(rewards, mask).squeeze(-1) * coef  # R_g
+    everyone = gather_detached(global_reward)
+    centred = global_reward - everyone.mean()
+    if everyone.numel() > 1 and not bool((everyone == everyone[0]).all()):
+        glob = centred / (everyone.std() + eps)
+    else:
+        glob = torch.zeros_like(centred)  # one group, or all equal: no global signal
+    w = torch.sigmoid(k * (entropy - b)).unsqueeze(-1).expand_as(rewards)
+    if mode == "soft_with_zero":
+        w = w * (rewards != 0)
+    elif mode == "soft_with_forced":
+        w = w * (local != 0)
+    elif mode == "only_global":
+        w = torch.zeros_like(w)
+    elif mode == "no_global":
+        w = torch.ones_like(w)
+    return local, glob.unsqueeze(-1), (w * mask).to(rewards.dtype), entropy
+
+
+def effective_advantages(local: Tensor, glob: Tensor, w: Tensor, mask: Tensor) -> Tensor:
+    """At ratio 1 the blended loss's gradient on ``lp(y_k)`` is ``-(w_k A_loc_k + (1 - w_k) A_glob)``."""
+    return (w * local + (1.0 - w) * glob) * mask
+
+
+def vanishing_advantage_fraction(rewards: Tensor, mask: Tensor, answer_ids: Optional[Tensor] = None,
+                                 method: str = "grpo", tol: float = 1e-9, **copo) -> float:
+    """Share of prompt groups that give no gradient: every response's (effective) advantage is 0.
+
+    ``method``: ``grpo`` (the local advantage alone) or ``copo`` (the entropy-blended advantage of
+    :func:`copo_advantages`, hyperparameters as keywords; needs ``answer_ids``)."""
+    mask = mask.bool()
+    if method == "grpo":
+        adv = grpo_advantages(rewards, mask)
+    elif method == "copo":
+        if answer_ids is None:
+            raise ValueError("vanishing_advantage_fraction(method='copo') needs answer_ids")
+        local, glob, w, _ = copo_advantages(rewards, answer_ids, mask, **copo)
+        adv = effective_advantages(local, glob, w, mask)
+    else:
+        raise ValueError(f"method must be 'grpo' or 'copo', got {method!r}")
+    vanished = ((adv.abs() * mask) <= tol).all(-1)
+    return float(vanished.to(torch.float64).mean())
+
+
+def _copo_needs(beta: float = 0.0, level: str = "token", **_) -> Needs:
+    base = _grpo_needs(beta=beta, level=level)
+    return Needs(reference=base.reference, data="lists", token_logps=base.token_logps, batch_coupled=True,
+                 extras=(ANSWER_IDS,) + base.extras)
+
+
+@register_loss(
+    "copo",
+    family="policy_gradient",
+    source="Han et al. 2025, Consistency-Aware Policy Optimization, arXiv 2508.04138, official code "
+    "(compute_score_global, compute_grpo_outcome_advantage_with_global, compute_policy_loss_with_global)",
+    needs=_copo_needs,
+)
+def copo_loss(inputs: LossInputs, k: float = 5.0, b: float = 1.0, mode: str = "soft_with_zero",
+              consistency_coef: bool = False, clip_eps: float = 0.2, clip_eps_high: float = -1.0,
+              dual_clip: float = 3.0, beta: float = 0.0, level: str = "token",
+              aggregation: str = "seq_mean_token_mean", eps: float = 1e-6) -> LossOutput:
+    """COPO: ``l_t = (1 - w) l_t(A_glob) + w l_t(A_loc)``, both PPO dual-clip surrogates on one ratio.
+
+    Per group g of G responses with rewards ``r_i`` and extracted answers ``a_i``
+    (``extras["answer_ids"]``, equal ids = equal answer strings):
+    ``A_loc_i = (r_i - mean r)/(std r + eps)`` (GRPO); ``H_g = -sum_a p_a log2 p_a`` (answer entropy);
+    ``R_g = mean_g(r) * c_g`` with ``c_g = 1 - lambda H_g``, ``lambda = (1 - 1/G)/log2 G``
+    (``consistency_coef: true``; else ``c_g = 1``); ``A_glob_g = (R_g - mean_g' R)/(std_g' R + eps)``
+    across the groups of the batch (batch-coupled); ``w_g = sigmoid(k (H_g - b))`` is the weight of
+    the **local** loss: consistent groups (where ``A_loc`` vanishes) learn from the global one.
+    ``mode``: ``soft_with_zero`` (released default: ``w * 1[r_i != 0]``, wrong responses take the pure
+    global loss), ``soft_with_forced`` (``w * 1[A_loc_i != 0]``), ``only_soft`` (``w``),
+    ``only_global`` (``w = 0``), ``no_global`` (``w = 1``: GRPO with dual clip).
+    ``l_t(A) = max(-A rho, -A clip(rho, 1-e_lo, 1+e_hi))``, capped at ``-dual_clip * A`` for ``A < 0``.
+    Defaults: the released launch script (``k = 5``, ``b = 1``, ``soft_with_zero``, coefficient off,
+    clip 0.2/0.2, dual clip 3, no KL, seq-mean-token-mean). Source: the official code (the paper body
+    was not read).
+    """
+    lp, old, kl, token_mask = policy_terms(inputs, level, beta)
+    rewards, mask = _rewards(inputs, lp)
+    answer_ids = (inputs.extras or {}).get(ANSWER_IDS)
+    if answer_ids is None:
+        raise ValueError(f"copo needs LossInputs.extras[{ANSWER_IDS!r}] (one id per extracted answer)")
+    local, glob, w, entropy = copo_advantages(rewards, answer_ids, mask, k, b, mode, consistency_coef, eps)
+    high = clip_eps if clip_eps_high < 0 else clip_eps_high
+    dual = dual_clip if dual_clip and dual_clip > 0 else None
+    log_ratio = lp - old
+    loss_loc, clipped = clipped_surrogate(log_ratio, local.unsqueeze(-1), clip_eps, high, dual)
+    loss_glob, _ = clipped_surrogate(log_ratio, glob.unsqueeze(-1).expand_as(log_ratio), clip_eps, high, dual)
+    wt = w.unsqueeze(-1)
+    per_token = (1.0 - wt) * loss_glob + wt * loss_loc
+    if kl is not None:
+        per_token = per_token + beta * kl
+    loss = aggregate(per_token, token_mask, aggregation if level == "token" else "seq_mean_token_mean")
+    metrics = pg_metrics(rewards, effective_advantages(local, glob, w, mask), mask)
+    m = token_mask.to(lp.dtype)
+    metrics.update({"copo/answer_entropy": entropy.mean(), "copo/local_weight": (w * mask).sum() / mask.sum().clamp_min(1),
+                    "advantages/local_zero_groups": ((local.abs() * mask).sum(-1) == 0).to(lp.dtype).mean(),
+                    "clip_fraction": (clipped.to(lp.dtype) * m).sum() / m.sum().clamp_min(1)})
+    return LossOutput(loss, metrics)
