@@ -35,6 +35,11 @@ EXTRA_KEYS = (
     "list_old_logps",
     "list_old_token_logps",
     "answer_ids",
+    # process-reward losses (dpokit.losses.process_reward)
+    "list_num_steps",
+    "step_rewards",
+    "step_mask",
+    "token_step",
 )
 TOKEN_STATS = ("ref_kl", "sum_p2", "entropy")
 
@@ -101,6 +106,12 @@ def make_full_inputs(batch: int = 4, T: int = 6, seed: int = 0, dtype=torch.floa
                   + 0.05 * torch.randn(batch, K, T, generator=pg, dtype=dtype)) * list_token_mask.to(dtype)
     extras.update({"list_old_token_logps": old_tokens, "list_old_logps": old_tokens.sum(-1),
                    "answer_ids": torch.randint(0, 2, (batch, K), generator=pg).to(dtype)})
+    steps = 2  # two steps per response: the first half of its tokens, then the rest
+    token_step = torch.where(torch.arange(T).view(1, 1, T) < (list_lengths.unsqueeze(-1) + 1) // 2, 0, 1)
+    extras.update({"list_num_steps": torch.full((batch, K), float(steps), dtype=dtype),
+                   "step_rewards": 0.1 * torch.randn(batch, K, steps, generator=pg, dtype=dtype),
+                   "step_mask": torch.ones(batch, K, steps, dtype=torch.bool),
+                   "token_step": torch.where(list_token_mask, token_step, -1).to(dtype)})
     return LossInputs(
         policy_chosen_logps=ptw.sum(-1),
         policy_rejected_logps=ptl.sum(-1),

@@ -35,6 +35,7 @@ EXPECTED = {
     "plackett_luce": "listwise", "tpo_list": "listwise",
     "reinforce": "policy_gradient", "rloo": "policy_gradient", "grpo": "policy_gradient",
     "copo": "policy_gradient",
+    "oprl_prm": "process_reward", "oprl": "process_reward",
 }
 
 TRL_NAMES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
