@@ -31,6 +31,15 @@ EXTRA_KEYS = (
     "side_mask",
     "ofs_other_chosen_logps",
     "ofs_other_rejected_logps",
+    # policy-gradient losses (dpokit.losses.policy_gradient)
+    "list_old_logps",
+    "list_old_token_logps",
+    "answer_ids",
+    # process-reward losses (dpokit.losses.process_reward)
+    "list_num_steps",
+    "step_rewards",
+    "step_mask",
+    "token_step",
 )
 TOKEN_STATS = ("ref_kl", "sum_p2", "entropy")
 
@@ -86,6 +95,23 @@ def make_full_inputs(batch: int = 4, T: int = 6, seed: int = 0, dtype=torch.floa
     labels[-1] = not labels[0]
     list_mask = torch.ones(batch, K, dtype=torch.bool)
     list_mask[0, -1] = False
+    list_policy_logps = -5 * torch.rand(batch, K, generator=gen, dtype=dtype)
+    list_reference_logps = -5 * torch.rand(batch, K, generator=gen, dtype=dtype)
+    list_lengths = torch.randint(1, T + 1, (batch, K), generator=gen).to(dtype)
+    # per-token list log-probs consistent with the sums: lp_k / L_k on each of the L_k tokens
+    list_token_mask = torch.arange(T).view(1, 1, T) < list_lengths.unsqueeze(-1)
+    spread = list_token_mask.to(dtype) / list_lengths.unsqueeze(-1)
+    pg = torch.Generator().manual_seed(seed + 32452843)  # own stream, as above
+    old_tokens = (list_policy_logps.unsqueeze(-1) * spread
+                  + 0.05 * torch.randn(batch, K, T, generator=pg, dtype=dtype)) * list_token_mask.to(dtype)
+    extras.update({"list_old_token_logps": old_tokens, "list_old_logps": old_tokens.sum(-1),
+                   "answer_ids": torch.randint(0, 2, (batch, K), generator=pg).to(dtype)})
+    steps = 2  # two steps per response: the first half of its tokens, then the rest
+    token_step = torch.where(torch.arange(T).view(1, 1, T) < (list_lengths.unsqueeze(-1) + 1) // 2, 0, 1)
+    extras.update({"list_num_steps": torch.full((batch, K), float(steps), dtype=dtype),
+                   "step_rewards": 0.1 * torch.randn(batch, K, steps, generator=pg, dtype=dtype),
+                   "step_mask": torch.ones(batch, K, steps, dtype=torch.bool),
+                   "token_step": torch.where(list_token_mask, token_step, -1).to(dtype)})
     return LossInputs(
         policy_chosen_logps=ptw.sum(-1),
         policy_rejected_logps=ptl.sum(-1),
@@ -102,9 +128,12 @@ def make_full_inputs(batch: int = 4, T: int = 6, seed: int = 0, dtype=torch.floa
         token_stats=stats,
         policy_prompt_logps=prompt_logps,
         prompt_lengths=prompt_lengths.to(dtype),
-        list_policy_logps=-5 * torch.rand(batch, K, generator=gen, dtype=dtype),
-        list_reference_logps=-5 * torch.rand(batch, K, generator=gen, dtype=dtype),
-        list_lengths=torch.randint(1, T + 1, (batch, K), generator=gen).to(dtype),
+        list_policy_logps=list_policy_logps,
+        list_reference_logps=list_reference_logps,
+        list_lengths=list_lengths,
+        list_policy_token_logps=list_policy_logps.unsqueeze(-1) * spread,
+        list_reference_token_logps=list_reference_logps.unsqueeze(-1) * spread,
+        list_token_mask=list_token_mask,
         list_scores=torch.rand(batch, K, generator=gen, dtype=dtype),
         list_mask=list_mask,
         policy_logps=-10 * torch.rand(batch, generator=gen, dtype=dtype),
@@ -123,11 +152,12 @@ _TOKEN_FIELDS = ("policy_chosen_token_logps", "policy_rejected_token_logps", "re
                  "reference_rejected_token_logps", "chosen_token_mask", "rejected_token_mask")
 _PROMPT_FIELDS = ("policy_prompt_logps", "prompt_lengths")
 _LIST_FIELDS = ("list_policy_logps", "list_reference_logps", "list_lengths", "list_scores", "list_mask")
+_LIST_TOKEN_FIELDS = ("list_policy_token_logps", "list_reference_token_logps", "list_token_mask")
 _UNPAIRED_FIELDS = ("policy_logps", "reference_logps", "lengths", "labels")
 _KL_FIELDS = ("kl_policy_logps", "kl_reference_logps")
 _REFERENCE_FIELDS = ("reference_chosen_logps", "reference_rejected_logps", "reference_chosen_token_logps",
                      "reference_rejected_token_logps", "list_reference_logps", "reference_logps",
-                     "kl_reference_logps")
+                     "kl_reference_logps", "list_reference_token_logps")
 
 
 def make_inputs(needs: Needs, batch: int = 4, T: int = 6, seed: int = 0, dtype=torch.float64) -> LossInputs:
@@ -147,10 +177,13 @@ def make_inputs(needs: Needs, batch: int = 4, T: int = 6, seed: int = 0, dtype=t
             keep.update(_KL_FIELDS)
     else:
         keep.update(_LIST_FIELDS)
+        if needs.token_logps:
+            keep.update(_LIST_TOKEN_FIELDS)
     if not needs.reference:
         keep -= set(_REFERENCE_FIELDS)
     changes = {}
-    for name in _PAIR_FIELDS + _TOKEN_FIELDS + _PROMPT_FIELDS + _LIST_FIELDS + _UNPAIRED_FIELDS + _KL_FIELDS:
+    for name in (_PAIR_FIELDS + _TOKEN_FIELDS + _PROMPT_FIELDS + _LIST_FIELDS + _LIST_TOKEN_FIELDS
+                 + _UNPAIRED_FIELDS + _KL_FIELDS):
         if name not in keep:
             changes[name] = None
     prefixes = ("chosen", "rejected") if needs.data == "pairs" else ()

@@ -33,6 +33,9 @@ EXPECTED = {
     "tdpo": "token_level", "token_dpo": "token_level", "tab_po": "token_level",
     "xpo": "online", "hypo": "online", "ofs_dpo": "online",
     "plackett_luce": "listwise", "tpo_list": "listwise",
+    "reinforce": "policy_gradient", "rloo": "policy_gradient", "grpo": "policy_gradient",
+    "copo": "policy_gradient",
+    "oprl_prm": "process_reward", "oprl": "process_reward",
 }
 
 TRL_NAMES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -82,7 +85,8 @@ def test_runs_on_inputs_matching_needs(name, seed):
     loss_fn = get_loss(name)
     inputs = make_inputs(loss_fn.needs, batch=4, T=6, seed=seed)
     for field in ("policy_chosen_logps", "policy_rejected_logps", "policy_logps",
-                  "policy_chosen_token_logps", "policy_rejected_token_logps", "list_policy_logps"):
+                  "policy_chosen_token_logps", "policy_rejected_token_logps", "list_policy_logps",
+                  "list_policy_token_logps"):
         value = getattr(inputs, field)
         if value is not None:
             setattr(inputs, field, value.clone().requires_grad_(True))
@@ -94,7 +98,7 @@ def test_runs_on_inputs_matching_needs(name, seed):
     out.loss.mean().backward()
     grads = [getattr(inputs, f).grad for f in ("policy_chosen_logps", "policy_rejected_logps", "policy_logps",
                                                "policy_chosen_token_logps", "policy_rejected_token_logps",
-                                               "list_policy_logps")
+                                               "list_policy_logps", "list_policy_token_logps")
              if getattr(inputs, f) is not None and getattr(inputs, f).grad is not None]
     assert grads, "the loss must depend on the policy"
     for g in grads:

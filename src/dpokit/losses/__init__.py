@@ -37,6 +37,8 @@ from . import (  # noqa: E402
     unpaired,
     listwise,
     online,
+    policy_gradient,
+    process_reward,
 )
 from . import modifiers  # noqa: E402
 from .modifiers import ModifiedLoss, apply_modifiers, build_loss, list_modifiers  # noqa: E402
@@ -44,7 +46,8 @@ from .token_level import diff_token_weights  # noqa: E402
 from .unpaired import kto_weight_warning  # noqa: E402
 
 FAMILIES = (pairwise, anchored, distributional, divergence, multi_objective, reference_free, regularized,
-            token_level, unpaired, listwise, online)
+            token_level, unpaired, listwise, online, policy_gradient,
+            process_reward)
 
 __all__ = [
     "LossInputs",

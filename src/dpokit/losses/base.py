@@ -14,6 +14,8 @@ Shapes (B = batch of pairs, T = longest completion in the batch, K = responses p
 * ``token_stats``: per-token statistics some losses ask for, keyed like
   ``"chosen/ref_kl"`` -> [B, T] (computed by the engine chunk by chunk).
 * ``list_*``: [B, K] tensors for listwise losses, ``list_mask`` [B, K] marks real responses.
+* ``list_*_token_logps``, ``list_token_mask``: [B, K, T] per-token log-probs of the K responses
+  (zeros outside the mask), for list losses whose ``Needs.token_logps`` is set (token-level GRPO).
 * ``policy_prompt_logps``, ``prompt_lengths``: [B], the policy's summed log-probs of the prompt
   tokens after the first (each predicted from the tokens before it) and their number; only for
   losses whose ``Needs.prompt_logps`` is set (ORPO's NLL over prompt and response).
@@ -59,6 +61,9 @@ class LossInputs:
     list_lengths: Optional[Tensor] = None
     list_scores: Optional[Tensor] = None
     list_mask: Optional[Tensor] = None
+    list_policy_token_logps: Optional[Tensor] = None
+    list_reference_token_logps: Optional[Tensor] = None
+    list_token_mask: Optional[Tensor] = None
     # unpaired: one labelled completion per example
     policy_logps: Optional[Tensor] = None
     reference_logps: Optional[Tensor] = None

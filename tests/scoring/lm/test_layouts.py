@@ -352,3 +352,8 @@ def test_layouts_agree_on_lists(tiny_model, tokenizer):
     for layout in ("packed", "prompt_shared"):
         torch.testing.assert_close(outputs[layout].list_policy_logps, outputs["padded"].list_policy_logps,
                                    atol=2e-5, rtol=1e-5)
+        # per-token list log-probs (token-level GRPO): consistent with the sums, same in every layout
+        tok, tmask = outputs[layout].list_policy_token_logps, outputs[layout].list_token_mask
+        torch.testing.assert_close(tok.sum(-1), outputs[layout].list_policy_logps, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(tmask.sum(-1).to(tok.dtype), outputs[layout].list_lengths)
+        assert not tmask[~outputs[layout].list_mask].any()

@@ -185,4 +185,14 @@ def _list_inputs(policy: TokenLogprobs, reference: Optional[TokenLogprobs], size
         list_reference_logps=None if reference is None else _to_lists(reference.sums, sizes)[0],
         list_lengths=lengths,
         list_mask=mask,
+        list_policy_token_logps=_to_list_rows(policy.token_logps, mask),
+        list_reference_token_logps=None if reference is None else _to_list_rows(reference.token_logps, mask),
+        list_token_mask=_to_list_rows(policy.mask, mask),
     )
+
+
+def _to_list_rows(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row tensors [R, T] (group-major) -> [B, K_max, T], zeros for padded responses."""
+    out = rows.new_zeros(mask.shape[0], mask.shape[1], rows.shape[-1])
+    out[mask] = rows
+    return out

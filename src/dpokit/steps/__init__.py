@@ -1,0 +1,1 @@
+"""Step-level reasoning: step data, searches, step rewards and code execution."""
