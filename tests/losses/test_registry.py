@@ -33,6 +33,7 @@ EXPECTED = {
     "tdpo": "token_level", "token_dpo": "token_level", "tab_po": "token_level",
     "xpo": "online", "hypo": "online", "ofs_dpo": "online",
     "plackett_luce": "listwise", "tpo_list": "listwise",
+    "step_dpo": "step_level",
 }
 
 TRL_NAMES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
