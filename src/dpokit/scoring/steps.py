@@ -87,6 +87,11 @@ class StepScorer:
     def needs(self):
         return self.inner.needs
 
+    def __getattr__(self, name):  # token_logprobs, hidden, layout ...: the wrapped scorer's (references call them)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     def external_parameters(self, model) -> list:
         return self.inner.external_parameters(model)
 

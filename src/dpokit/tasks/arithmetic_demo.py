@@ -53,12 +53,12 @@ class ArithmeticDemoSettings:
     n_train_problems: int = 600
     n_eval_problems: int = 150
     step_error_rate: float = 0.3
-    warmup_steps: int = 500
+    warmup_steps: int = 1000
     samples_per_problem: int = 4
     search_problems: int = 60
-    beta: float = 0.2
+    beta: float = 0.1
     epochs: int = 2
-    lr: float = 5e-4
+    lr: float = 2e-4
     batch_size: int = 16
     hidden_size: int = 64
     layers: int = 2
