@@ -67,6 +67,19 @@ def cmd_demo(args) -> int:
             diffusion.eval_per_class, diffusion.sample_steps = 16, 5
         run_diffusion_demo(diffusion)
         return 0
+    if args.task == "arithmetic":  # step-level vs outcome-level preferences (dpokit.tasks.arithmetic_demo)
+        from .tasks.arithmetic_demo import ArithmeticDemoSettings, run_arithmetic_demo
+
+        if args.online:
+            print("dpokit demo: error: --online runs the parity task only (drop --task or --online)", file=sys.stderr)
+            return 2
+        output_dir = args.output_dir if args.output_dir != "runs/demo" else "runs/demo-arithmetic"
+        arithmetic = ArithmeticDemoSettings(output_dir=output_dir, method=args.method, pairs=args.pairs, seed=args.seed)
+        if args.quick:
+            arithmetic.n_train_problems, arithmetic.n_eval_problems, arithmetic.warmup_steps = 200, 60, 200
+            arithmetic.epochs, arithmetic.search_problems = 1, 10
+        run_arithmetic_demo(arithmetic)
+        return 0
     settings = DemoSettings(output_dir=args.output_dir, loss=args.loss, loss_hparams=hparams, seed=args.seed,
                             task=args.task, label_noise=args.label_noise)
     if args.quick:
@@ -127,8 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smaller experiment (for smoke tests)")
-    p.add_argument("--task", default="parity", choices=("parity", "graded"),
-                   help="parity: binary reward; graded: five reward levels (dpokit.tasks.graded)")
+    p.add_argument("--task", default="parity", choices=("parity", "graded", "arithmetic"),
+                   help="parity: binary reward; graded: five reward levels (dpokit.tasks.graded); arithmetic: "
+                   "multi-step solutions with checkable steps (dpokit.tasks.arithmetic_demo)")
+    p.add_argument("--method", default="step_dpo", choices=("step_dpo", "dpo"),
+                   help="with --task arithmetic: step-level pairs (step_dpo) or outcome-level pairs (dpo)")
+    p.add_argument("--pairs", default="verifier", choices=("verifier", "search"),
+                   help="with --task arithmetic --method step_dpo: step pairs from the verifier or from MCTS-DPO search")
     p.add_argument("--label-noise", type=float, default=0.0, metavar="FRACTION",
                    help="flip this fraction of the training pairs (data.label_noise)")
     p.add_argument("--online", action="store_true", help="online rounds: sample, judge, train, repeat")

@@ -36,6 +36,7 @@ EXPECTED = {
     "reinforce": "policy_gradient", "rloo": "policy_gradient", "grpo": "policy_gradient",
     "copo": "policy_gradient",
     "oprl_prm": "process_reward", "oprl": "process_reward",
+    "step_dpo": "step_level",
 }
 
 TRL_NAMES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",

@@ -28,7 +28,8 @@ What fills the fields, per modality:
   the trainer. A scorer that cannot fill a field a loss needs refuses it when it is built
   (:func:`build_scorer` raises), not in the middle of training.
 * **vision-language models**: the LM scorer with image inputs passed through the processor.
-* **step-level methods**: LM log-probs summed per reasoning step (segment masks).
+* **step-level methods** (:mod:`dpokit.scoring.steps`, kind ``"steps"``): the LM scorer plus the step
+  index of every completion token, so losses sum log-probs per reasoning step (segment masks).
 
 The reference is opaque to the trainer: the scorer and the reference objects of
 :mod:`dpokit.reference` agree on how reference values are obtained (for the LM scorer,
@@ -95,3 +96,4 @@ def build_scorer(config, needs: Needs, tokenizer, model, kind: str = "causal_lm"
 
 
 from . import diffusion  # noqa: E402,F401  registers the "diffusion" scorer
+from . import steps  # noqa: E402,F401  registers the "steps" scorer
