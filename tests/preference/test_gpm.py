@@ -151,7 +151,7 @@ def test_train_rm_gpm_saves_kind_and_eval_rm_reads_it(tiny, tmp_path, capsys, pr
     assert summary["kind"] == "gpm" and summary["eval_after"]["accuracy"] >= 0.9
     config = json.loads((out / "config.json").read_text())
     assert config["dpokit_reward_model"] == {"kind": "gpm", "dim": 4, "prompt_head": prompt_head, "tau": 0.1,
-                                             "normalize": True}
+                                             "normalize": False}
     assert len(config["id2label"]) == (6 if prompt_head else 4) and (out / "model.safetensors").exists()
     capsys.readouterr()
     assert main(["eval-rm", "--model", str(out), "--data", data]) == 0

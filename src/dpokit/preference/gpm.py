@@ -7,7 +7,9 @@ Language Model Alignment", ICML 2025, arXiv 2410.02197; official code
 ``create_skew_symmetric_block_matrix``).
 
 Each response gets one embedding ``v_y = W_v h(x, y)`` in ``R^{2k}`` (a linear head without bias on the
-last token's hidden state; L2-normalized when ``normalize``). Two responses are compared by::
+last token's hidden state; L2-normalized when ``normalize``: the released inference code normalizes, the
+training code leaves the line commented out, and dpokit's default follows the training code, which also
+optimizes better at tau = 0.1). Two responses are compared by::
 
     R(x) = blockdiag(lam_1 J, ..., lam_k J),   J = [[0, -1], [1, 0]]
     s(y_i > y_j | x) = <R(x) v_i, v_j> = sum_l lam_l (v_i[2l-1] v_j[2l] - v_i[2l] v_j[2l-1])
@@ -120,7 +122,7 @@ def gpm_embed(model, tokenizer, prompts: Sequence[Any], responses: Sequence[Any]
     settings = gpm_settings(model)
     texts = [reward_model_text(tokenizer, p, r) for p, r in zip(prompts, responses)]
     v = _last_token_outputs(model, tokenizer, texts, batch_size, max_length, grad)[:, :settings["dim"]]
-    return F.normalize(v, dim=-1) if settings.get("normalize", True) else v
+    return F.normalize(v, dim=-1) if settings.get("normalize", False) else v
 
 
 def gpm_eigenvalues(model, tokenizer, prompts: Sequence[Any], batch_size: int = 16, max_length: int = 1024,

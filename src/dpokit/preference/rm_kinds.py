@@ -97,7 +97,7 @@ class GPMKind(RewardModelKind):
         dim = int(args.gpm_dim)
         G.skew_operator(dim)  # validates the dimension
         return {"dim": dim, "prompt_head": bool(args.gpm_prompt_head), "tau": float(args.gpm_tau),
-                "normalize": not args.gpm_no_normalize}
+                "normalize": bool(args.gpm_normalize)}
 
     def num_labels(self, settings):
         return G.num_outputs(settings["dim"], settings["prompt_head"])

@@ -179,7 +179,8 @@ def add_train_arguments(p) -> None:
     p.add_argument("--gpm-dim", type=int, default=2, help="gpm: embedding dimension 2k (even)")
     p.add_argument("--gpm-prompt-head", action="store_true", help="gpm: prompt-dependent eigenvalue gate")
     p.add_argument("--gpm-tau", type=float, default=0.1, help="gpm: temperature of P = sig(s / tau)")
-    p.add_argument("--gpm-no-normalize", action="store_true", help="gpm: do not L2-normalize the embeddings")
+    p.add_argument("--gpm-normalize", action="store_true", help="gpm: L2-normalize the embeddings (as the released "
+                   "inference code; the training code does not)")
     p.add_argument("--direction", type=_direction, default=None,
                    help="multi: unit direction v (comma-separated) for evaluating on pairs (default: equal weights)")
 
