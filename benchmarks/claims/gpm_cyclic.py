@@ -132,13 +132,15 @@ def run_cyclic(seeds, quick=False, log=print) -> Dict[str, Any]:
     return per_seed
 
 
-def run_hh(path: str, seeds, quick=False, log=print) -> Dict[str, Any]:
+def run_hh(path: str, seeds, quick=False, limit=None, log=print) -> Dict[str, Any]:
     from dpokit.data.formats import load_examples
     from dpokit.tiny import train_tokenizer
 
     pairs = load_examples(path, "pairs")
     if quick:
         pairs = pairs[:160]
+    elif limit:
+        pairs = pairs[:limit]
     texts = [p.prompt + p.chosen for p in pairs[:400]] + [p.prompt + p.rejected for p in pairs[:400]]
     tokenizer = train_tokenizer(texts, vocab_size=2000)
     per_seed = {}
@@ -149,12 +151,26 @@ def run_hh(path: str, seeds, quick=False, log=print) -> Dict[str, Any]:
         n_eval = len(pairs) // 4
         held = [pairs[i] for i in order[:n_eval]]
         train = [pairs[i] for i in order[n_eval:]]
-        per_seed[seed] = train_and_eval(tokenizer, train, held, seed, epochs=1 if quick else 2, lr=1e-3,
-                                        max_length=128 if quick else 256,
-                                        model_args={"hidden": 64, "layers": 2, "positions": 512})
+        per_seed[seed] = train_and_eval(tokenizer, train, held, seed, epochs=1, lr=1e-3, max_length=128,
+                                        model_args={"hidden": 32, "layers": 1, "positions": 256})
         log(f"HH seed {seed}: " + json.dumps({k: {m: round(v, 3) for m, v in r.items() if isinstance(v, float)}
                                               for k, r in per_seed[seed].items()}))
     return per_seed
+
+
+def cyclic_report(cyclic, seeds, record) -> List[str]:
+    lines = ["cyclic preference, held-out prompts (mean +- sd over seeds):"]
+    for kind in KIND_SETTINGS:
+        for key in ["accuracy"] + sorted(k for k in cyclic[seeds[0]][kind] if k.startswith("acc[")):
+            lines.append(f"  {kind:4s} {key:22s} {spread([cyclic[s][kind][key] for s in seeds])}")
+    bt_ok = all(cyclic[s]["bt"]["accuracy"] <= 2 / 3 + 0.05 for s in seeds)
+    relations = [k for k in cyclic[seeds[0]]["gpm"] if k.startswith("acc[")]
+    gpm_ok = all(cyclic[s]["gpm"][k] >= 0.9 for s in seeds for k in relations)
+    lines += [f"  [{'yes' if bt_ok else 'no'}] BT accuracy <= 2/3 (+0.05) at every seed",
+              f"  [{'yes' if gpm_ok else 'no'}] GPM >= 0.9 on each of the three relations at every seed",
+              f"claim (cyclic): {'HOLDS' if bt_ok and gpm_ok else 'DOES NOT HOLD'}"]
+    record.update(cyclic=cyclic, cyclic_holds=bt_ok and gpm_ok)
+    return lines
 
 
 def main(argv=None) -> Dict[str, Any]:
@@ -162,25 +178,20 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--hh", default=os.environ.get("DPOKIT_HH_RLHF_FILE"),
                    help="HH-RLHF pairs JSONL (default: $DPOKIT_HH_RLHF_FILE); skipped without one")
+    p.add_argument("--hh-limit", type=int, default=None, help="use the first N pairs of the HH file")
+    p.add_argument("--hh-only", action="store_true", help="only the HH-RLHF part")
     p.add_argument("--out", default="runs/claims/gpm_cyclic")
     p.add_argument("--quick", action="store_true", help="fewer pairs and steps (a smoke test)")
     args = p.parse_args(argv)
     started = time.time()
-    cyclic = run_cyclic(args.seeds, args.quick)
-    lines = ["cyclic preference, held-out prompts (mean +- sd over seeds):"]
-    for kind in KIND_SETTINGS:
-        for key in ["accuracy"] + sorted(k for k in cyclic[args.seeds[0]][kind] if k.startswith("acc[")):
-            lines.append(f"  {kind:4s} {key:22s} {spread([cyclic[s][kind][key] for s in args.seeds])}")
-    bt_ok = all(cyclic[s]["bt"]["accuracy"] <= 2 / 3 + 0.05 for s in args.seeds)
-    relations = [k for k in cyclic[args.seeds[0]]["gpm"] if k.startswith("acc[")]
-    gpm_ok = all(cyclic[s]["gpm"][k] >= 0.9 for s in args.seeds for k in relations)
-    lines += [f"  [{'yes' if bt_ok else 'no'}] BT accuracy <= 2/3 (+0.05) at every seed",
-              f"  [{'yes' if gpm_ok else 'no'}] GPM >= 0.9 on each of the three relations at every seed",
-              f"claim (cyclic): {'HOLDS' if bt_ok and gpm_ok else 'DOES NOT HOLD'}"]
-    record: Dict[str, Any] = {"seeds": args.seeds, "quick": args.quick, "cyclic": cyclic,
-                              "cyclic_holds": bt_ok and gpm_ok}
+    if args.hh_only and not args.hh:
+        p.error("--hh-only needs --hh FILE (or DPOKIT_HH_RLHF_FILE)")
+    cyclic = {} if args.hh_only else run_cyclic(args.seeds, args.quick)
+    record: Dict[str, Any] = {"seeds": args.seeds, "quick": args.quick}
+    lines = [] if args.hh_only else cyclic_report(cyclic, args.seeds, record)
+
     if args.hh:
-        hh = run_hh(args.hh, args.seeds, args.quick)
+        hh = run_hh(args.hh, args.seeds, args.quick, args.hh_limit)
         lines.append("HH-RLHF sample, held-out quarter (mean +- sd over seeds):")
         for kind in KIND_SETTINGS:
             for key in ("accuracy", "ece", "brier"):

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from .context import context_sensitivity, load_context_pairs
 from .judges import load_reward_model
 from .rm_kinds import KINDS, RewardModelKind, kind_of, pair_metrics
 
@@ -121,10 +122,13 @@ def cmd_train_rm(args) -> int:
 
     torch.manual_seed(args.seed)
     kind = KINDS[args.kind]
-    rows = kind.load(args.data, limit=args.limit)
+    column = getattr(args, "context_column", None)
+    if column and kind.data != "pairs":
+        raise ValueError(f"--context-column: a {args.kind} model trains on scored responses, not pairs")
+    rows = load_context_pairs(args.data, column, limit=args.limit) if column else kind.load(args.data, limit=args.limit)
     eval_pairs: List[Any] = []
     if args.eval_data:
-        eval_pairs = load_examples(args.eval_data, "pairs")
+        eval_pairs = load_context_pairs(args.eval_data, column) if column else load_examples(args.eval_data, "pairs")
     elif args.eval_fraction > 0 and kind.data == "pairs":
         rows, eval_pairs = split(rows, args.eval_fraction, args.seed)
     elif args.eval_fraction > 0:
@@ -159,8 +163,20 @@ def cmd_eval_rm(args) -> int:
     if not os.path.isdir(args.model):
         raise FileNotFoundError(f"--model {args.model}: not a reward-model directory")
     model, tokenizer, kind = load(args.model, args.trust_remote_code)
-    pairs = load_examples(args.data, "pairs", limit=args.limit)
+    if args.reversed_context_column and not args.context_column:
+        raise ValueError("--reversed-context-column needs --context-column")
+    flipped = None
+    if args.context_column and args.reversed_context_column:
+        pairs, flipped = load_context_pairs(args.data, args.context_column, args.reversed_context_column, args.limit)
+    elif args.context_column:
+        pairs = load_context_pairs(args.data, args.context_column, limit=args.limit)
+    else:
+        pairs = load_examples(args.data, "pairs", limit=args.limit)
     result = evaluate(model, tokenizer, pairs, args.batch_size, args.max_length, args.direction, kind)
+    if flipped is not None:
+        p = kind.pair_probabilities(model, tokenizer, pairs, args.batch_size, args.max_length, args.direction)
+        q = kind.pair_probabilities(model, tokenizer, flipped, args.batch_size, args.max_length, args.direction)
+        result["context_sensitivity"] = context_sensitivity(p.tolist(), q.tolist())
     print(json.dumps({"model": args.model, "data": str(args.data), **result}, indent=2))
     return 0
 
@@ -183,6 +199,8 @@ def add_train_arguments(p) -> None:
                    "inference code; the training code does not)")
     p.add_argument("--direction", type=_direction, default=None,
                    help="multi: unit direction v (comma-separated) for evaluating on pairs (default: equal weights)")
+    p.add_argument("--context-column", default=None, help="a text column: the context z rendered before each "
+                   "prompt (a context-aware reward model)")
 
 
 def add_eval_parser(sub) -> None:
@@ -191,6 +209,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--data", required=True, help="pairs (JSONL/JSON/Parquet/CSV or hub id)")
     p.add_argument("--direction", type=_direction, default=None,
                    help="multi-objective models: the direction v (comma-separated; default equal weights)")
+    p.add_argument("--context-column", default=None, help="a text column rendered before each prompt")
+    p.add_argument("--reversed-context-column", default=None, help="a text column under which each pair's label "
+                   "is reversed: adds context_sensitivity (accuracy under both contexts)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--limit", type=int, default=None)
