@@ -32,9 +32,6 @@ from ..losses import resolve_name
 from .rounds import pair_info as _info, select_pairs
 from .strategies import RoundStrategy, register_strategy, with_beta
 
-SCORE_FORMS = ("row_mean", "antisymmetric")
-
-
 def preference_table(win: List[List[float]], tau: float = 1.0, eps: float = 1e-12) -> List[List[float]]:
     """``T[i][j] = tau logit W[i][j]`` (probabilities clipped to ``[eps, 1 - eps]``)."""
     out = []
@@ -43,14 +40,23 @@ def preference_table(win: List[List[float]], tau: float = 1.0, eps: float = 1e-1
     return out
 
 
+def _row_mean(table: List[List[float]]) -> List[float]:
+    return [sum(row) / len(table) for row in table]
+
+
+def _antisymmetric(table: List[List[float]]) -> List[float]:
+    k = len(table)
+    return [sum(table[i][j] - table[j][i] for j in range(k)) / k for i in range(k)]
+
+
+SCORE_FORMS = {"row_mean": _row_mean, "antisymmetric": _antisymmetric}
+
+
 def group_scores(table: List[List[float]], form: str = "row_mean") -> List[float]:
     """``mean_j T[i][j]`` (``row_mean``) or ``mean_j (T[i][j] - T[j][i])`` (``antisymmetric``)."""
-    k = len(table)
-    if form == "row_mean":
-        return [sum(row) / k for row in table]
-    if form == "antisymmetric":
-        return [sum(table[i][j] - table[j][i] for j in range(k)) / k for i in range(k)]
-    raise ConfigError(f"online.options.score: {form!r} is not one of {', '.join(SCORE_FORMS)}")
+    if form not in SCORE_FORMS:
+        raise ConfigError(f"online.options.score: {form!r} is not one of {', '.join(SCORE_FORMS)}")
+    return SCORE_FORMS[form](table)
 
 
 def gpo_target(score: float, beta: float, clamp: float) -> float:

@@ -5,7 +5,8 @@ Commands (registered through :func:`dpokit.preference.reward_model.register`):
 * ``dpokit train-rm --kind bt|gpm|multi``: train and save (safetensors + tokenizer + the kind in
   ``config.json``);
 * ``dpokit eval-rm --model DIR --data PAIRS``: accuracy, Brier score and ECE of ``P(chosen > rejected)``
-  on a pairs file, for any kind, so kinds compare on the same pairs.
+  on a pairs file, for any kind, so kinds compare on the same pairs;
+* ``--context-column`` (both commands): a context-aware reward model (:mod:`.context`).
 """
 
 from __future__ import annotations
