@@ -20,7 +20,9 @@ Two kinds, two small interfaces:
 
   - :class:`BradleyTerryJudge`: from a pointwise judge, ``P = sig(scale * (s_a - s_b))``
     (``mode="hard"``: 1, 0.5 or 0 by comparing the scores);
-  - :class:`CallablePairwiseJudge`: ``fn(prompt, a, b)`` returning a probability, a bool, or 0/1.
+  - :class:`CallablePairwiseJudge`: ``fn(prompt, a, b)`` returning a probability, a bool, or 0/1;
+  - :class:`dpokit.preference.gpm.GPMJudge` (kind ``gpm``): a general preference model, which also
+    judges a whole group of K responses with K passes (its ``judge_group``).
 
 :func:`judge_group` turns either kind into what online strategies read for one prompt and its K
 responses: per-response scores and the K x K matrix ``W[i][j] = P(y_i > y_j)`` (diagonal 0.5). With
@@ -187,15 +189,21 @@ class RewardModelJudge:
                                    self.max_length).tolist()
 
 
-def load_reward_model(path: str, trust_remote_code: bool = False, dtype: str = "auto", num_labels: int = 1):
+def load_reward_model(path: str, trust_remote_code: bool = False, dtype: str = "auto", num_labels: Optional[int] = 1,
+                      ignore_mismatched_sizes: bool = False):
     """``AutoModelForSequenceClassification`` + tokenizer from a local directory or hub id;
-    safetensors weights only. A causal-LM checkpoint gets a fresh, untrained score head."""
+    safetensors weights only. A causal-LM checkpoint gets a fresh, untrained score head
+    (``num_labels`` outputs; None: as saved; ``ignore_mismatched_sizes``: a fresh head where the saved
+    one has another size)."""
     from transformers import AutoModelForSequenceClassification
 
     from ..models import DTYPES, load_tokenizer
 
-    kwargs: Dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True,
-                              "num_labels": num_labels}
+    kwargs: Dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    if ignore_mismatched_sizes:
+        kwargs["ignore_mismatched_sizes"] = True
     if dtype != "auto":
         kwargs["dtype"] = DTYPES[dtype]
     try:
@@ -263,6 +271,8 @@ def judge_group(judge, prompt: Any, responses: Sequence[str], mode: str = "bradl
     ``y_i`` is its mean win rate ``mean_j W[i][j]`` over the group (itself included, at 0.5).
     """
     k = len(responses)
+    if callable(getattr(judge, "judge_group", None)):  # a judge that compares a whole group at once (GPM)
+        return judge.judge_group(prompt, responses)
     if isinstance(judge, PointwiseJudge):
         scores = judge.score([prompt] * k, list(responses))
         win = [[pair_probability(scores[i], scores[j], mode, scale) if i != j else 0.5 for j in range(k)]
@@ -309,6 +319,15 @@ def _reward_model(path: str, trust_remote_code: bool = False, dtype: str = "auto
                   batch_size: int = 16, max_length: int = 1024):
     """A sequence-classification reward model (local directory or hub id; safetensors)."""
     return RewardModelJudge.from_pretrained(path, trust_remote_code, dtype, device, batch_size, max_length)
+
+
+@register_judge("gpm")
+def _gpm(path: str, trust_remote_code: bool = False, dtype: str = "auto", device: str = "auto",
+         batch_size: int = 16, max_length: int = 1024):
+    """A general preference model saved by ``dpokit train-rm --kind gpm`` (K responses: K passes)."""
+    from .gpm import GPMJudge
+
+    return GPMJudge.from_pretrained(path, trust_remote_code, dtype, device, batch_size, max_length)
 
 
 @register_judge("pairwise_callable")
