@@ -23,7 +23,7 @@ from .distributed import resolve_mixed_precision
 from .errors import ConfigError
 from .losses import build_loss
 from .losses.checks import check_loss
-from .online.strategies import STRATEGIES, check_options
+from .online.catalog import STRATEGIES, check_options
 from .preference.judges import JUDGES
 from .scoring.lm.layouts import LAYOUTS
 

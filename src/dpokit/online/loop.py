@@ -54,7 +54,7 @@ from .refresh import RefreshingRound
 from ..data.prompts import load_prompts
 from ..io import append_jsonl, read_jsonl, write_jsonl
 from .rounds import SOURCES, JudgedPrompt, last_train_metrics, select_pairs
-from .strategies import STRATEGIES, RoundStrategy, register_strategy
+from .catalog import STRATEGIES, RoundStrategy, register_strategy
 
 logger = logging.getLogger("dpokit")
 

@@ -589,4 +589,3 @@ class OFSDPO(RoundStrategy):
         merged.set_adapter(self.fast_module())
         merged.delete_adapter(self.MODULES[1 - int(self.loss_state.get("fast", 0))])
         return merged
-from . import gpo  # noqa: E402,F401  (registers the "gpo" strategy)

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .judges import reward_model_text
+from .rm_io import reward_model_text
 
 
 # ------------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ class GPMJudge:
     @classmethod
     def from_pretrained(cls, path: str, trust_remote_code: bool = False, dtype: str = "auto", device: str = "auto",
                         batch_size: int = 16, max_length: int = 1024) -> "GPMJudge":
-        from .judges import load_reward_model
+        from .rm_io import load_reward_model
 
         model, tokenizer = load_reward_model(path, trust_remote_code=trust_remote_code, dtype=dtype, num_labels=None)
         if device == "auto":

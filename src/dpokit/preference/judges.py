@@ -45,6 +45,8 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tupl
 
 import torch
 
+from .rm_io import load_reward_model, reward_model_scores, reward_model_text  # noqa: F401  (re-exported)
+
 
 @runtime_checkable
 class PointwiseJudge(Protocol):
@@ -130,36 +132,6 @@ class CallableJudge:
         return [_finite(v, f"judge {self.name}") for v in values]
 
 
-def reward_model_text(tokenizer, prompt: Any, response: Any) -> str:
-    """What a reward model reads: prompt + response as text, or the chat-templated conversation."""
-    if isinstance(prompt, str) and isinstance(response, str):
-        return prompt + response
-    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-    reply = response if isinstance(response, list) else [{"role": "assistant", "content": response}]
-    return tokenizer.apply_chat_template(messages + reply, tokenize=False)
-
-
-def reward_model_scores(model, tokenizer, prompts: Sequence[Any], responses: Sequence[Any], batch_size: int = 16,
-                        max_length: int = 1024, grad: bool = False) -> torch.Tensor:
-    """Scalar rewards [N] of a sequence-classification model (first output). Long texts keep their
-    end (the response). ``grad=True`` keeps the graph (reward-model training)."""
-    texts = [reward_model_text(tokenizer, p, r) for p, r in zip(prompts, responses)]
-    device = next(model.parameters()).device
-    side = tokenizer.truncation_side, tokenizer.padding_side
-    tokenizer.truncation_side, tokenizer.padding_side = "left", "right"
-    out = []
-    try:
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
-                            max_length=max_length).to(device)
-            with torch.set_grad_enabled(grad):
-                logits = model(**enc).logits
-            out.append(logits[:, 0].float())
-    finally:
-        tokenizer.truncation_side, tokenizer.padding_side = side
-    return torch.cat(out) if out else torch.zeros(0)
-
-
 class RewardModelJudge:
     """A sequence-classification reward model: score = its first output on prompt + response."""
 
@@ -187,34 +159,6 @@ class RewardModelJudge:
     def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> List[float]:
         return reward_model_scores(self.model, self.tokenizer, prompts, responses, self.batch_size,
                                    self.max_length).tolist()
-
-
-def load_reward_model(path: str, trust_remote_code: bool = False, dtype: str = "auto", num_labels: Optional[int] = 1,
-                      ignore_mismatched_sizes: bool = False):
-    """``AutoModelForSequenceClassification`` + tokenizer from a local directory or hub id;
-    safetensors weights only. A causal-LM checkpoint gets a fresh, untrained score head
-    (``num_labels`` outputs; None: as saved; ``ignore_mismatched_sizes``: a fresh head where the saved
-    one has another size)."""
-    from transformers import AutoModelForSequenceClassification
-
-    from ..models import DTYPES, load_tokenizer
-
-    kwargs: Dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
-    if num_labels is not None:
-        kwargs["num_labels"] = num_labels
-    if ignore_mismatched_sizes:
-        kwargs["ignore_mismatched_sizes"] = True
-    if dtype != "auto":
-        kwargs["dtype"] = DTYPES[dtype]
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    except OSError as err:
-        if "safetensors" in str(err).lower():
-            raise OSError(f"{path}: no safetensors weights found; dpokit does not unpickle .bin weights") from err
-        raise
-    tokenizer = load_tokenizer(path, trust_remote_code)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,20 +24,12 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..data.formats import PreferencePair, iter_records, parse_pair
 from .judges import RewardModelJudge, reward_model_scores
+from .rm_kinds import bradley_terry_loss  # noqa: F401  (re-exported)
 
 logger = logging.getLogger("dpokit")
-
-
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: Optional[torch.Tensor] = None):
-    """Per-pair ``-logsig(r_w - r_l - m)``."""
-    diff = chosen - rejected
-    if margin is not None:
-        diff = diff - margin.to(diff.dtype)
-    return -F.logsigmoid(diff)
 
 
 @torch.no_grad()

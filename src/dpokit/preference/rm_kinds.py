@@ -20,9 +20,17 @@ import torch
 
 from . import gpm as G
 from . import multi_objective as MO
-from .judges import reward_model_scores
+from .rm_io import reward_model_scores
 
 KINDS: Dict[str, "RewardModelKind"] = {}
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: Optional[torch.Tensor] = None):
+    """Per-pair Bradley-Terry loss ``-logsig(r_w - r_l - m)`` (``m``: an optional margin per pair)."""
+    diff = chosen - rejected
+    if margin is not None:
+        diff = diff - margin.to(diff.dtype)
+    return -torch.nn.functional.logsigmoid(diff)
 
 
 def register_kind(cls):
@@ -73,7 +81,6 @@ class BradleyTerryKind(RewardModelKind):
     name = "bt"
 
     def batch_loss(self, model, tokenizer, batch, max_length, margin_column=None):
-        from .reward_model import bradley_terry_loss
 
         prompts = [p.prompt for p in batch]
         scores = reward_model_scores(model, tokenizer, prompts + prompts, [p.chosen for p in batch]
