@@ -95,3 +95,4 @@ def build_scorer(config, needs: Needs, tokenizer, model, kind: str = "causal_lm"
 
 
 from . import diffusion  # noqa: E402,F401  registers the "diffusion" scorer
+from . import vlm  # noqa: E402,F401  registers the "vlm" scorer
