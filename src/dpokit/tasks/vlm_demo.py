@@ -45,12 +45,13 @@ class VLMDemoSettings:
     warmup_accuracy: float = 0.6
     warmup_lr: float = 3e-3
     warmup_vision: bool = True  # the warm-up also trains the (random) vision tower; DPO keeps it frozen
-    dpo_epochs: int = 3
+    dpo_epochs: int = 2
     dpo_lr: float = 1e-3
     dpo_batch_size: int = 16
     beta: float = 0.1
     layout: str = "prompt_shared"
     hidden_size: int = 64
+    threads: int = 1  # torch threads while the demo runs (a tiny model: more threads only add overhead)
 
 
 def colour_ids(tokenizer) -> List[int]:
@@ -137,6 +138,16 @@ def wrong_answers(model, processor, items) -> List[str]:
 
 
 def run_vlm_demo(settings: VLMDemoSettings, log=print) -> Dict[str, Any]:
+    """The whole experiment (module docstring) with ``settings.threads`` torch threads; returns the summary."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        return _run(settings, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(settings: VLMDemoSettings, log) -> Dict[str, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ..config import from_dict
