@@ -63,6 +63,8 @@ def test_lora_vlm_run_trains_the_language_model_and_loads_back(vlm_dir, pairs_fi
     model = AutoModelForImageTextToText.from_pretrained(final)
     processor = AutoProcessor.from_pretrained(final)
     assert isinstance(model, LlavaForConditionalGeneration) and processor.image_processor is not None
+    card = open(os.path.join(final, "README.md")).read()
+    assert "AutoModelForImageTextToText.from_pretrained" in card and "AutoProcessor" in card
     before, after = weights(vlm_dir), weights(final)
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
