@@ -163,6 +163,9 @@ def test_a_placeholder_without_its_image_is_refused(model, processor):
     groups[0] = (prompt + [-17], completions)  # one image token too many
     with pytest.raises(ValueError, match="placeholders and images do not match"):
         VisionLogProbEngine(get_loss("dpo").needs, 0).token_logprobs(model, groups)
+    groups[0] = ([t for t in prompt if t >= 0], completions)  # an image without its placeholders
+    with pytest.raises(ValueError, match="0 distinct image token.* 16 feature rows"):
+        VisionLogProbEngine(get_loss("dpo").needs, 0).token_logprobs(model, groups)
 
 
 def test_unsupported_families_are_refused_with_the_reason(model):

@@ -87,11 +87,12 @@ class ImageEmbeddingBackbone(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, **kwargs):
         is_image = input_ids < 0
         embeds = self.decoder.get_input_embeddings()(input_ids.clamp(min=0))
-        if bool(is_image.any()):
-            rows = (-input_ids[is_image] - 1)
-            if int(rows.max()) >= self.features.shape[0]:
-                raise ValueError(f"the batch has image placeholder {int(rows.max())} but its images give "
-                                 f"{self.features.shape[0]} feature rows: placeholders and images do not match")
+        rows = -input_ids[is_image] - 1
+        used = int(rows.unique().numel())
+        if used != self.features.shape[0] or (used and int(rows.max()) >= used):
+            raise ValueError(f"the batch has {used} distinct image token(s) but its images give "
+                             f"{self.features.shape[0]} feature rows: placeholders and images do not match")
+        if used:
             image = self.features.index_select(0, rows).to(embeds.dtype)
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), image)
         return self.decoder(inputs_embeds=embeds, **kwargs)
