@@ -176,3 +176,19 @@ def test_unsupported_families_are_refused_with_the_reason(model):
     with pytest.raises(ConfigError, match="prompt's own log-probs"):
         VisionLogProbEngine(get_loss("orpo").needs if get_loss("orpo").needs.prompt_logps
                             else type(get_loss("dpo").needs)(prompt_logps=True), 0)
+
+
+def test_tiny_llava_round_trips_through_the_auto_classes(processor, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = tiny_llava(processor, hidden_size=32, seed=2).eval()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    processor.save_pretrained(tmp_path)
+    loaded, loaded_processor = AutoModelForImageTextToText.from_pretrained(tmp_path).eval(), AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is type(model) and loaded_processor.image_token == "<image>"
+    text = loaded_processor.apply_chat_template(colours.prompt_messages(), add_generation_prompt=True, tokenize=False)
+    inputs = loaded_processor(images=[colours.draw("blue", random.Random(0))], text=[text], add_special_tokens=False,
+                              return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
