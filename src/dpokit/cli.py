@@ -80,6 +80,15 @@ def cmd_demo(args) -> int:
             arithmetic.epochs, arithmetic.search_problems = 1, 10
         run_arithmetic_demo(arithmetic)
         return 0
+    if args.modality == "vlm":  # DPO on a tiny vision-language model, the colour task (dpokit.tasks.vlm_demo)
+        from .tasks.vlm_demo import VLMDemoSettings, run_vlm_demo
+
+        output_dir = args.output_dir if args.output_dir != "runs/demo" else "runs/demo-vlm"
+        vlm = VLMDemoSettings(output_dir=output_dir, loss=args.loss, loss_hparams=hparams, seed=args.seed)
+        if args.quick:
+            vlm.n_train, vlm.n_eval, vlm.warmup_steps, vlm.dpo_epochs = 64, 32, 40, 1
+        run_vlm_demo(vlm)
+        return 0
     settings = DemoSettings(output_dir=args.output_dir, loss=args.loss, loss_hparams=hparams, seed=args.seed,
                             task=args.task, label_noise=args.label_noise)
     if args.quick:
@@ -153,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="online_dpo", help="round strategy with --online (online_dpo, "
                    "iterative_dpo, dno, sppo, apo, xpo, hypo, ofs_dpo)")
     p.add_argument("--rounds", type=int, default=4, help="number of rounds with --online")
-    p.add_argument("--modality", choices=("text", "diffusion"), default="text",
-                   help="text: the parity task on a tiny Llama; diffusion: Diffusion-DPO on 8x8 bimodal images")
+    p.add_argument("--modality", choices=("text", "diffusion", "vlm"), default="text",
+                   help="text: the parity task on a tiny Llama; diffusion: Diffusion-DPO on 8x8 bimodal images; "
+                        "vlm: DPO on a tiny Llava, the colour of a square in an image")
     p.add_argument("--prefer", choices=("A", "B"), default="A",
                    help="with --modality diffusion: the preferred image mode (A: red left, B: blue right)")
     p.set_defaults(func=cmd_demo)

@@ -37,6 +37,8 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     compile: bool = False
     revision: Optional[str] = None
+    kind: str = "causal_lm"  # causal_lm | vlm (vision-language: processor, images in the data, docs/vlm.md)
+    freeze_vision: bool = True  # vlm: the vision tower does not train (LoRA goes to the language model only)
 
 
 @dataclass
@@ -177,6 +179,7 @@ def _plain(value):
 
 CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.kind": ("causal_lm", "vlm"),
     "data.kind": ("pairs", "unpaired", "lists"),
     "data.pair_builder": ("best_vs_worst", "best_vs_each", "all_pairs", "margin"),
     "data.truncation_mode": ("keep_end", "keep_start"),

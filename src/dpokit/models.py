@@ -31,9 +31,29 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision:
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, cfg: ModelConfig):
-    from transformers import AutoModelForCausalLM
+def load_processor(name_or_path: str, trust_remote_code: bool = False, revision: Optional[str] = None):
+    """A vision-language model's processor (tokenizer + image processor); the tokenizer gets a pad token."""
+    from transformers import AutoProcessor
 
+    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None or getattr(processor, "image_processor", None) is None:
+        raise ValueError(f"{name_or_path}: no processor with an image processor and a tokenizer was found "
+                         "(a vision-language model directory holds processor_config.json or "
+                         "preprocessor_config.json; save it with processor.save_pretrained)")
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"{name_or_path}: the tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return processor
+
+
+def load_causal_lm(name_or_path: str, cfg: ModelConfig):
+    """The model at ``name_or_path``: a causal LM, or with ``cfg.kind == "vlm"`` a vision-language
+    model (``AutoModelForImageTextToText``)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    auto = AutoModelForImageTextToText if getattr(cfg, "kind", "causal_lm") == "vlm" else AutoModelForCausalLM
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}
     if cfg.dtype != "auto":
         kwargs["dtype"] = DTYPES[cfg.dtype]
@@ -42,7 +62,7 @@ def load_causal_lm(name_or_path: str, cfg: ModelConfig):
     if cfg.revision:
         kwargs["revision"] = cfg.revision
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        model = auto.from_pretrained(name_or_path, **kwargs)
     except OSError as err:
         if "safetensors" in str(err).lower():
             raise OSError(f"{name_or_path}: no safetensors weights found. dpokit does not unpickle .bin "
@@ -56,7 +76,8 @@ def load_named(name_or_path: str, cfg: ModelConfig, key: str, tokenizer: bool = 
     a model that cannot be loaded (no such directory, no config.json, no safetensors weights, an
     unreachable hub) ends in a :class:`~dpokit.errors.ConfigError` naming the key, not a traceback."""
     try:
-        loaded_tokenizer = load_tokenizer(name_or_path, cfg.trust_remote_code, cfg.revision) if tokenizer else None
+        load = load_processor if getattr(cfg, "kind", "causal_lm") == "vlm" else load_tokenizer
+        loaded_tokenizer = load(name_or_path, cfg.trust_remote_code, cfg.revision) if tokenizer else None
         model = load_causal_lm(name_or_path, cfg)
     except (OSError, ValueError) as err:
         raise ConfigError(f"{key}: cannot load {name_or_path!r}: {err}") from None
@@ -67,20 +88,52 @@ def apply_lora(model, cfg: Config):
     from peft import LoraConfig, get_peft_model
 
     lora = cfg.lora
+    targets = lora.target_modules
+    if cfg.model.kind == "vlm" and targets == "all-linear":
+        targets = language_model_linear(model)
     peft_config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=targets,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_config)
 
 
+VISION_PARTS = ("vision_tower", "visual", "vision_model", "multi_modal_projector")
+
+
+def language_model_linear(model) -> str:
+    """``target_modules`` for LoRA on a vision-language model's language model only: a regular
+    expression over the names of its linear layers (the vision tower, projector and LM head keep none)."""
+    import re
+
+    leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear) and "language_model" in name})
+    if not leaves:
+        raise ConfigError("lora.target_modules: this vision-language model has no linear layers under "
+                          "'language_model'; name the target modules explicitly")
+    return r".*language_model.*\.(" + "|".join(map(re.escape, leaves)) + r")"
+
+
+def freeze_vision(model) -> int:
+    """``requires_grad = False`` on the vision tower; returns how many parameters were frozen."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if any(part in name.split(".") for part in VISION_PARTS[:3]):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
 def load_policy(cfg: Config):
-    """Policy model (with LoRA when enabled) and its tokenizer."""
+    """Policy model (with LoRA when enabled) and its tokenizer (a vision-language model: its
+    processor, and the vision tower frozen unless ``model.freeze_vision`` is false)."""
     tokenizer, model = load_named(cfg.model.name_or_path, cfg.model, "model.name_or_path", tokenizer=True)
     model.config.use_cache = False
+    if cfg.model.kind == "vlm" and cfg.model.freeze_vision:
+        freeze_vision(model)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora.enabled:

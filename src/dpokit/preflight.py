@@ -47,6 +47,7 @@ def check_run(config: Config) -> RunPlan:
     _check_reference(config, loss)
     _check_curriculum(config, loss)
     _check_model_paths(config)
+    _check_vision(config, loss)
     if config.online.strategy:
         _check_online(config)
     return RunPlan(loss=loss, needs=loss.needs)
@@ -132,6 +133,23 @@ def _check_curriculum(config: Config, loss) -> None:
         raise ConfigError("data.curriculum: replaces the reference model by the policy at each stage, which "
                           "needs a separate reference model (reference.kind copy or path, no precompute, "
                           "not lora_disabled)")
+
+
+def _check_vision(config: Config, loss) -> None:
+    """``model.kind: vlm``: what the vision-language path does not (yet) serve."""
+    if config.model.kind != "vlm":
+        return
+    if config.data.kind not in ("pairs", "unpaired") or loss.needs.data not in ("pairs", "unpaired"):
+        raise ConfigError(f"model.kind: vlm trains on pairs or unpaired data; loss {loss.name!r} with data.kind "
+                          f"{config.data.kind!r} is not served yet")
+    if loss.needs.prompt_logps:
+        raise ConfigError(f"model.kind: vlm: loss {loss.name!r} reads the prompt's own log-probs, which are not "
+                          "defined at image positions")
+    if config.reference.precompute:
+        raise ConfigError("reference.precompute: not supported with model.kind: vlm (the cached batches would "
+                          "need their images); use a reference model")
+    if config.online.strategy:
+        raise ConfigError("online.strategy: online rounds sample text only; not supported with model.kind: vlm")
 
 
 # ---- online rounds -----------------------------------------------------------------------------

@@ -88,3 +88,75 @@ def tiny_llama(
     finally:
         torch.random.set_rng_state(state)
     return model
+
+
+# ---- vision-language -------------------------------------------------------------------------
+
+IMAGE_TOKEN = "<image>"
+
+# ChatML-like like CHAT_TEMPLATE, with structured content: an {"type": "image"} block renders as
+# the processor's <image> placeholder (expanded to one token per image patch by the processor).
+VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<image>"
+    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}</s>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def tiny_vlm_processor(texts: Iterable[str], vocab_size: int = 512, image_size: int = 16, patch_size: int = 4,
+                       word_level: bool = False):
+    """A Llava processor built in code: a tokenizer trained on ``texts`` with an ``<image>`` token, a
+    CLIP image processor resizing to ``image_size`` (PIL backend, no torchvision needed) and the
+    structured-content chat template. Each image becomes ``(image_size / patch_size) ** 2`` tokens."""
+    from transformers import LlavaProcessor
+
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # older transformers: the one CLIP image processor
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size, word_level=word_level)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    tokenizer.chat_template = VLM_CHAT_TEMPLATE
+    image_processor = ImageProcessor(size={"shortest_edge": image_size},
+                                     crop_size={"height": image_size, "width": image_size})
+    # num_additional_image_tokens=1: the CLS position the "default" feature strategy drops
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=VLM_CHAT_TEMPLATE, image_token=IMAGE_TOKEN)
+
+
+def tiny_llava(processor, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, vision_hidden: int = 32,
+               vision_layers: int = 2, seed: int = 0):
+    """A small Llava (CLIP vision tower, two-layer projector, Llama) with random weights (seeded),
+    sized to ``processor`` (its vocabulary, image size and patch size). Saved with ``save_pretrained``
+    next to ``processor.save_pretrained``, the directory loads back with
+    ``AutoModelForImageTextToText`` and ``AutoProcessor``."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    tokenizer = processor.tokenizer
+    crop = processor.image_processor.crop_size
+    image_size = int(crop["height"] if isinstance(crop, dict) else crop.height)
+    patch = int(processor.patch_size)
+    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                              num_hidden_layers=vision_layers, num_attention_heads=4, image_size=image_size,
+                              patch_size=patch, projection_dim=vision_hidden)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=4 * hidden_size,
+                       num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+                       max_position_embeddings=1024, tie_word_embeddings=False,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=tokenizer.convert_tokens_to_ids(processor.image_token),
+                         image_seq_length=(image_size // patch) ** 2, vision_feature_layer=-1,
+                         vision_feature_select_strategy="default")
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = LlavaForConditionalGeneration(config)
+    finally:
+        torch.random.set_rng_state(state)
+    model.config.use_cache = False
+    return model

@@ -131,8 +131,9 @@ def flip_pair(pair: PreferencePair) -> PreferencePair:
     for a, b in _SWAPPED_EXTRAS:
         if a in extras and b in extras:
             extras[a], extras[b] = extras[b], extras[a]
-    return PreferencePair(pair.prompt, pair.rejected, pair.chosen, extras, pair.location, pair.prompt_ids,
-                          pair.rejected_ids, pair.chosen_ids)
+    # replace() keeps the pair's class and any further fields (a vision pair's images)
+    return replace(pair, chosen=pair.rejected, rejected=pair.chosen, extras=extras, chosen_ids=pair.rejected_ids,
+                   rejected_ids=pair.chosen_ids)
 
 
 def _noisy_positions(n: int, fraction: float, seed: int) -> List[int]:
@@ -311,16 +312,18 @@ def prepare_examples(examples: Sequence, data, loss_data: str, training: bool = 
     return out, plan
 
 
-def load_run_data(d, seed: int, data_kind: str, tokenize) -> Tuple[list, list, DataPlan, Dict[str, str]]:
+def load_run_data(d, seed: int, data_kind: str, tokenize, load=None) -> Tuple[list, list, DataPlan, Dict[str, str]]:
     """A run's tokenized ``(train, eval, plan, report)`` from its ``data`` section: records loaded and
     checked, the eval set (``data.eval``, or ``eval_fraction`` held out with ``seed``), lists turned into
     pairs for a pairwise loss (``data_kind``: what the loss trains on), label noise, curriculum stages,
     then ``tokenize(examples) -> (tokenized, report)``. Eval positions follow the training positions, so
-    one reference cache holds both."""
+    one reference cache holds both. ``load``: the record reader (default :func:`load_examples`; vision
+    data: :func:`dpokit.data.vision.load_vision_examples`)."""
+    load_examples_ = load or load_examples
     report = LoadReport()
-    examples = load_examples(d.train, d.kind, d.split, d.limit, d.on_bad_content, report,
+    examples = load_examples_(d.train, d.kind, d.split, d.limit, d.on_bad_content, report,
                              on_extra_columns=d.on_extra_columns)
-    eval_examples = (load_examples(d.eval, d.kind, d.split, None, d.on_bad_content,
+    eval_examples = (load_examples_(d.eval, d.kind, d.split, None, d.on_bad_content,
                                    on_extra_columns=d.on_extra_columns) if d.eval else [])
     if not eval_examples and d.eval_fraction > 0:
         perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()

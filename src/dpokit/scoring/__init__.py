@@ -27,7 +27,10 @@ What fills the fields, per modality:
   shared noise, inversion for ``x_t`` and per-region masks live in that scorer and its data, never in
   the trainer. A scorer that cannot fill a field a loss needs refuses it when it is built
   (:func:`build_scorer` raises), not in the middle of training.
-* **vision-language models**: the LM scorer with image inputs passed through the processor.
+* **vision-language models** (:mod:`dpokit.scoring.vlm`, kind ``"vlm"``): the LM scorer with the
+  images' features in the prompt: one vision-tower pass per batch, the features a table that the
+  prompt's image tokens index (virtual ids), so every LM layout, prompt-shared included, runs
+  unchanged (docs/vlm.md). The third argument of the factory is the model's processor.
 * **step-level methods** (:mod:`dpokit.scoring.steps`, kind ``"steps"``): the LM scorer plus the step
   index of every completion token, so losses sum log-probs per reasoning step (segment masks).
 
@@ -87,8 +90,9 @@ def _lm_scorer(config, needs: Needs, tokenizer, model) -> Scorer:
 
 
 def build_scorer(config, needs: Needs, tokenizer, model, kind: str = "causal_lm") -> Scorer:
-    """The scorer of ``kind`` for a run: ``causal_lm`` (third argument: the tokenizer) or ``diffusion``
-    (third argument: the noise scheduler loaded with the denoiser, see :mod:`dpokit.scoring.diffusion`)."""
+    """The scorer of ``kind`` for a run: ``causal_lm`` (third argument: the tokenizer), ``vlm`` (the
+    processor, :mod:`dpokit.scoring.vlm`) or ``diffusion`` (third argument: the noise scheduler loaded
+    with the denoiser, see :mod:`dpokit.scoring.diffusion`)."""
     factory = SCORERS.get(kind)
     if factory is None:
         raise ValueError(f"scorer {kind!r} is not one of {', '.join(sorted(SCORERS))}")
@@ -97,3 +101,4 @@ def build_scorer(config, needs: Needs, tokenizer, model, kind: str = "causal_lm"
 
 from . import diffusion  # noqa: E402,F401  registers the "diffusion" scorer
 from . import steps  # noqa: E402,F401  registers the "steps" scorer
+from . import vlm  # noqa: E402,F401  registers the "vlm" scorer

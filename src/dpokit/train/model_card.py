@@ -157,14 +157,17 @@ def render_model_card(raw: Dict[str, Any], records: List[Dict[str, Any]], summar
                 out.append(f"| `{stage}` | {_inline({k: v for k, v in summary[stage].items() if isinstance(v, (int, float))})} |")
         out += ["", "From `eval.json` (`dpokit eval`; definitions in dpokit's docs/evaluation.md).", ""]
 
-    out += ["## How to load", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-            'model = AutoModelForCausalLM.from_pretrained("path/to/final")',
-            'tokenizer = AutoTokenizer.from_pretrained("path/to/final")', "```", ""]
+    # a vision-language model (model.kind: vlm) loads with its own auto class and its processor
+    auto, text_io, io_name = (("AutoModelForImageTextToText", "AutoProcessor", "processor")
+                              if model.get("kind") == "vlm" else ("AutoModelForCausalLM", "AutoTokenizer", "tokenizer"))
+    out += ["## How to load", "", "```python", f"from transformers import {auto}, {text_io}", "",
+            f'model = {auto}.from_pretrained("path/to/final")',
+            f'{io_name} = {text_io}.from_pretrained("path/to/final")', "```", ""]
     if lora.get("enabled"):
         base_hint = base if is_hub_id(base) else "path/to/base-model"
         out += ["This directory holds the LoRA-merged model; the adapter itself is in `adapter/`:", "",
-                "```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM", "",
-                f'base = AutoModelForCausalLM.from_pretrained("{base_hint}")',
+                "```python", "from peft import PeftModel", f"from transformers import {auto}", "",
+                f'base = {auto}.from_pretrained("{base_hint}")',
                 'model = PeftModel.from_pretrained(base, "path/to/final/adapter")', "```", ""]
     out += ["Trained with dpokit (`dpokit train`); the run's `config.yaml` holds the resolved configuration.", ""]
     return "\n".join(out)

@@ -33,7 +33,7 @@ import yaml
 
 from .. import distributed as dist_utils
 from ..config import Config
-from ..data import EpochBatchOrder, collate, tokenize_examples
+from ..data import EpochBatchOrder, data_io
 from ..data.build import load_run_data
 from ..errors import NonFiniteError
 from ..losses import LossInputs
@@ -70,7 +70,8 @@ class Trainer(CheckpointingMixin):
             model, tokenizer = load_policy(config)
         self.tokenizer = tokenizer
         self.vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)  # may exceed len(tokenizer)
-        self.scorer = build_scorer(config, self.loss_fn.needs, tokenizer, model)
+        self.data_io = data_io(config.model.kind)  # how this model kind's records are read, tokenized, batched
+        self.scorer = build_scorer(config, self.loss_fn.needs, tokenizer, model, kind=config.model.kind)
         if scorer_wrapper is not None:
             self.scorer = scorer_wrapper(self.scorer)
         self._load_data()  # train_examples, eval_examples, data_plan, data_report
@@ -157,7 +158,7 @@ class Trainer(CheckpointingMixin):
     def tokenize(self, examples):
         """``(tokenized examples, report)`` with the run's data settings."""
         d = self.config.data
-        return tokenize_examples(examples, self.tokenizer, d.max_length, d.max_prompt_length, d.truncation_mode,
+        return self.data_io.tokenize(examples, self.tokenizer, d.max_length, d.max_prompt_length, d.truncation_mode,
                                  d.append_eos, d.on_empty_completion, self.vocab_size)
 
     def set_train_examples(self, examples: Sequence) -> None:
@@ -179,7 +180,7 @@ class Trainer(CheckpointingMixin):
 
     def _load_data(self):
         self.train_examples, self.eval_examples, self.data_plan, self.data_report = load_run_data(
-            self.config.data, self.config.train.seed, self.loss_fn.needs.data, self.tokenize)
+            self.config.data, self.config.train.seed, self.loss_fn.needs.data, self.tokenize, self.data_io.load)
         logger.info("data: %s; %s", self.data_report["load"], self.data_report["tokenize"])
         labels = [ex.label for ex in self.train_examples] if self.loss_fn.needs.data == "unpaired" else None
         for message in self.loss_fn.check_data(labels):  # e.g. KTO's class balance
@@ -194,7 +195,7 @@ class Trainer(CheckpointingMixin):
         return out
 
     def _batch(self, positions, examples):
-        return collate([examples[i] for i in positions], self.loss_fn.needs.data)
+        return self.data_io.collate([examples[i] for i in positions], self.loss_fn.needs.data)
 
     def epoch_plan(self, epoch: int) -> "dist_utils.EpochPlan":
         key = (epoch, self._plan_start)
