@@ -94,7 +94,8 @@ def main(argv=None):
         for label, settings in METHODS:
             directory = os.path.join(seed_dir, label.split(" ")[0])
             run_settings = replace(base, output_dir=directory, **settings)
-            summaries[label] = _summary(directory, lambda: run_continual(run_settings, log=quiet, warmup_dir=warmup))
+            summaries[label] = _summary(directory, lambda s=run_settings, w=warmup: run_continual(
+                s, log=quiet, warmup_dir=w))
             results[label][seed] = {**summaries[label]["metrics"], "seconds": summaries[label]["seconds"],
                                     "train_pairs": summaries[label]["train_pairs"]}
             m = summaries[label]["metrics"]

@@ -12,8 +12,17 @@ import yaml
 from dpokit.losses import get_loss
 from dpokit.losses.base import LossInputs
 from dpokit.tasks.continual import (
-    CONTINUAL_TASKS, ContinualSettings, FirstDigitTask, MiddleDigitTask, backward_transfer, continual_metrics,
-    final_average_reward, forgetting, forgetting_per_task, main, run_continual,
+    CONTINUAL_TASKS,
+    ContinualSettings,
+    FirstDigitTask,
+    MiddleDigitTask,
+    backward_transfer,
+    continual_metrics,
+    final_average_reward,
+    forgetting,
+    forgetting_per_task,
+    main,
+    run_continual,
 )
 from dpokit.tasks.graded import GradedTask
 
@@ -70,7 +79,7 @@ def test_digit_tasks_reward_their_own_digit():
 
 def _grad_inputs(seed):
     g = torch.Generator().manual_seed(seed)
-    t = lambda: (-(1 + 30 * torch.rand(6, generator=g, dtype=torch.float64))).requires_grad_()  # noqa: E731
+    t = lambda: (-(1 + 30 * torch.rand(6, generator=g, dtype=torch.float64))).requires_grad_()
     lengths = torch.randint(1, 20, (2, 6), generator=g).to(torch.float64)
     return LossInputs(policy_chosen_logps=t(), policy_rejected_logps=t(), reference_chosen_logps=t().detach(),
                       reference_rejected_logps=t().detach(), chosen_lengths=lengths[0], rejected_lengths=lengths[1])
@@ -104,8 +113,8 @@ def test_loss_section_and_bad_settings():
         ContinualSettings(tasks=("parity", "parity")).check()
 
 
-TINY = dict(n_train_prompts=16, n_eval_prompts=6, samples_per_prompt=4, eval_samples_per_prompt=1,
-            warmup_steps=8, epochs=1, hidden_size=32)
+TINY = {"n_train_prompts": 16, "n_eval_prompts": 6, "samples_per_prompt": 4, "eval_samples_per_prompt": 1,
+        "warmup_steps": 8, "epochs": 1, "hidden_size": 32}
 
 
 @pytest.mark.slow
