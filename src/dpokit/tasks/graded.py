@@ -40,8 +40,12 @@ def level(d: int) -> float:
 class GradedTask(NumberTask):
     question = "last digit ?"
 
+    def digit_of(self, number: int) -> int:
+        """The digit the question asks for (here the last one; subclasses ask for another)."""
+        return number % 10
+
     def answer(self, number: int, miss: int, rng: random.Random) -> str:
-        return rng.choice(PHRASINGS).format(d=(number + miss) % 10)
+        return rng.choice(PHRASINGS).format(d=(self.digit_of(number) + miss) % 10)
 
     def demonstrations(self, numbers: Sequence[int]) -> List[Tuple[str, str]]:
         rng = random.Random(self.seed + 1)
@@ -55,11 +59,11 @@ class GradedTask(NumberTask):
         words = [w for w in response.split() if w in DIGITS]
         if not words:
             return 0.0
-        return level(distance(int(words[-1]), self.number_of(prompt) % 10))
+        return level(distance(int(words[-1]), self.digit_of(self.number_of(prompt))))
 
     def vocabulary_corpus(self) -> List[str]:
         """Texts covering every word the task uses (to train the word-level tokenizer)."""
-        words = list(DIGITS) + ["number", ":", ".", "last", "digit", "?"]
+        words = list(DIGITS) + ["number", ":", "."] + self.question.split()
         phrasings = [p.format(d=d) for p in PHRASINGS for d in DIGITS]
         return [" ".join(words)] + phrasings
 
