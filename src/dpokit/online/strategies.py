@@ -83,6 +83,7 @@ class RoundStrategy:
     refreshable: ClassVar[bool] = True
     lists_ok: ClassVar[bool] = True  # with a listwise loss, trains on the judged lists themselves
     min_samples: ClassVar[int] = 2  # samples per prompt needed to compare the policy's own answers
+    group_strategy: ClassVar[bool] = False  # trains a policy-gradient loss on whole groups (dpokit.online.groups)
     verified: ClassVar[str] = "verified"
     source: ClassVar[str] = ""
     OPTIONS: ClassVar[Dict[str, Any]] = {}
@@ -589,3 +590,6 @@ class OFSDPO(RoundStrategy):
         merged.set_adapter(self.fast_module())
         merged.delete_adapter(self.MODULES[1 - int(self.loss_state.get("fast", 0))])
         return merged
+
+
+from . import groups as _groups  # noqa: E402,F401  (registers the group strategies: grpo, rloo, reinforce, copo)
