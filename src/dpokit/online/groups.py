@@ -178,6 +178,11 @@ class GroupRound(RoundStrategy):
         self.round = 0
 
     @classmethod
+    def validate_options(cls, options):
+        if options.get("answer"):
+            load_function(options["answer"], "online.options.answer")
+
+    @classmethod
     def loss_section(cls, base, options):
         given = base.get("name", "dpo")
         if loss_name_of(base) != cls.loss_name:

@@ -98,6 +98,10 @@ class RoundStrategy:
         return sorted({**cls.BASE_OPTIONS, **cls.OPTIONS})
 
     @classmethod
+    def validate_options(cls, options: Dict[str, Any]) -> None:
+        """Check option values at config validation (raise ConfigError naming ``online.options.KEY``)."""
+
+    @classmethod
     def loss_section(cls, base: Dict[str, Any], options: Dict[str, Any]) -> Dict[str, Any]:
         """The loss section each round trains with (default: ``loss`` as configured)."""
         return dict(base)
@@ -199,6 +203,7 @@ def check_options(cls, options: Dict[str, Any]) -> Dict[str, Any]:
     if unknown:
         raise ConfigError(f"online.options: strategy {cls.name!r} has no option(s) {unknown}; "
                           f"it accepts {valid or 'none'}")
+    cls.validate_options(dict(options or {}))
     return dict(options or {})
 
 
