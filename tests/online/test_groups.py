@@ -138,3 +138,31 @@ def test_group_and_pairwise_strategies_refuse_each_others_losses(policy_dir, tmp
     with pytest.raises(ConfigError, match="online.options"):
         checked_config(raw("grpo", {"name": "grpo"}, options={"alpha": 1}))
     checked_config(raw("grpo", {"name": "grpo"}))  # no data.kind needed: the rounds write the lists
+
+
+def test_an_oprl_round_updates_the_prm_and_trains_on_its_step_rewards(policy_dir, prompts_file, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from dpokit.online.oprl import OPRLEngine
+
+    seen = []
+    original = OPRLEngine.loss_inputs
+
+    def spy(self, policy, batch, reference=None):
+        inputs = original(self, policy, batch, reference)
+        seen.append({k: inputs.extras[k].clone() for k in ("step_rewards", "step_mask", "token_step")})
+        return inputs
+
+    monkeypatch.setattr(OPRLEngine, "loss_inputs", spy)
+    loop = group_loop(policy_dir, tmp_path, prompts_file, "oprl", loss={"name": "oprl"}, train={"lr": 5e-2},
+                      samples_per_prompt=4, options={"prm_beta": 0.5})
+    start = {k: v.detach().clone() for k, v in loop.policy.named_parameters()}
+    result = loop.run()
+    metrics = result["metrics"][0]
+    assert metrics["trained"] and "prm/pair_accuracy" in metrics
+    prm = load_file(str(tmp_path / "run" / "rounds" / "round-000" / "prm.safetensors"))
+    assert max(float((prm[k] - start[k]).abs().max()) for k in start) > 1e-4  # gradients reached the PRM
+    step = seen[0]
+    assert float(step["step_rewards"].abs().max()) > 0  # the updated PRM scores the answers differently
+    assert step["step_rewards"].shape == step["step_mask"].shape and step["step_rewards"].shape[-1] == 1
+    assert set(step["token_step"].unique().tolist()) <= {-1.0, 0.0}

@@ -142,7 +142,7 @@ def group_advantages(section: Dict[str, Any], rewards: torch.Tensor, mask: torch
     name = resolve_name(section.get("name", ""))
     if name == "grpo":
         return grpo_advantages(rewards, mask, bool(section.get("scale_rewards", True)), float(section.get("eps", 1e-6)))
-    if name == "rloo":
+    if name in ("rloo", "oprl"):  # oprl: its episode advantage (the step part comes from the PRM later)
         return rloo_advantages(rewards, mask)
     if name == "reinforce":
         return reinforce_advantages(rewards, mask, section.get("baseline", "mean"))

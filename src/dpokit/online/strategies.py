@@ -598,3 +598,4 @@ class OFSDPO(RoundStrategy):
 
 
 from . import groups as _groups  # noqa: E402,F401  (registers the group strategies: grpo, rloo, reinforce, copo)
+from . import oprl as _oprl  # noqa: E402,F401  (registers oprl)

@@ -41,6 +41,7 @@ STRATEGY_LOSS: Dict[str, Dict[str, Any]] = {
     "copo": {"name": "copo"},
     "rloo": {"name": "rloo"},
     "reinforce": {"name": "reinforce"},
+    "oprl": {"name": "oprl"},
 }
 STRATEGY_OPTIONS: Dict[str, Dict[str, Any]] = {
     "sppo": {"win_prob": "hard"},
