@@ -138,6 +138,9 @@ def test_group_and_pairwise_strategies_refuse_each_others_losses(policy_dir, tmp
     with pytest.raises(ConfigError, match="online.options"):
         checked_config(raw("grpo", {"name": "grpo"}, options={"alpha": 1}))
     checked_config(raw("grpo", {"name": "grpo"}))  # no data.kind needed: the rounds write the lists
+    checked_config(raw("grpo", {"name": "grpo", "beta": 0.0}))  # beta weighs the KL term: 0 is no KL
+    with pytest.raises(ConfigError, match="grpo.beta: must be >= 0"):
+        checked_config(raw("grpo", {"name": "grpo", "beta": -0.1}))
 
 
 def test_an_oprl_round_updates_the_prm_and_trains_on_its_step_rewards(policy_dir, prompts_file, tmp_path, monkeypatch):
