@@ -110,8 +110,7 @@ def test_copo_round_reads_extracted_answers(policy_dir, prompts_file, tmp_path):
     loop = group_loop(policy_dir, tmp_path, prompts_file, "copo", options={"answer": spec})
     result = loop.run()
     info = round_file(tmp_path, "pairs.jsonl")
-    assert all(a == [first_word(None, t) for t in row["responses"]] for row, a in
-               zip(info, [row["answers"] for row in info]))
+    assert info and all(row["answers"] == [first_word(None, t) for t in row["responses"]] for row in info)
     assert "groups/distinct_answers" in result["metrics"][0]
 
 

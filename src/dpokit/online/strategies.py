@@ -597,5 +597,4 @@ class OFSDPO(RoundStrategy):
         return merged
 
 
-from . import groups as _groups  # noqa: E402,F401  (registers the group strategies: grpo, rloo, reinforce, copo)
-from . import oprl as _oprl  # noqa: E402,F401  (registers oprl)
+from . import groups as _groups, oprl as _oprl  # noqa: E402,F401  (register grpo, rloo, reinforce, copo, oprl)
