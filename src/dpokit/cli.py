@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flip this fraction of the training pairs (data.label_noise)")
     p.add_argument("--online", action="store_true", help="online rounds: sample, judge, train, repeat")
     p.add_argument("--strategy", default="online_dpo", help="round strategy with --online (online_dpo, "
-                   "iterative_dpo, dno, sppo, apo, xpo, hypo, ofs_dpo)")
+                   "iterative_dpo, dno, sppo, apo, xpo, hypo, ofs_dpo; "
+                   "group strategies: grpo, copo, rloo, reinforce)")
     p.add_argument("--rounds", type=int, default=4, help="number of rounds with --online")
     p.add_argument("--modality", choices=("text", "diffusion", "vlm"), default="text",
                    help="text: the parity task on a tiny Llama; diffusion: Diffusion-DPO on 8x8 bimodal images; "

@@ -96,6 +96,9 @@ def _check_model_paths(config: Config) -> None:
 
 def _check_data_kind(config: Config, loss) -> None:
     d, needs = config.data, loss.needs
+    group = STRATEGIES.get(config.online.strategy) if config.online.strategy else None
+    if group is not None and group.group_strategy:  # the rounds write the groups as lists themselves
+        return
     if needs.data != d.kind and not (needs.data == "unpaired" and d.kind == "pairs") and d.kind != "lists":
         hint = " (set data.kind: lists; pair records are read as two-response lists)" if needs.data == "lists" else ""
         raise ConfigError(f"loss {loss.name!r} trains on {needs.data} data but data.kind is {d.kind!r}{hint}")
@@ -157,6 +160,23 @@ SAMPLERS = ("hf", "vllm")
 PAIR_MODES = ("best_vs_worst", "best_vs_each", "all_pairs")
 
 
+GROUP_FAMILIES = ("policy_gradient", "process_reward")
+
+
+def _check_group_loss(config: Config, cls) -> None:
+    """A policy-gradient loss needs a group strategy (a pairwise one would train it on deduplicated,
+    tie-free lists); a group strategy refuses any loss but its own (in its ``loss_section``)."""
+    from .online.groups import loss_family, loss_name_of
+
+    family = loss_family(config.loss)
+    if family in GROUP_FAMILIES and not cls.group_strategy:
+        name = loss_name_of(config.loss)
+        groups = sorted(n for n, c in STRATEGIES.items() if c.group_strategy)
+        raise ConfigError(f"loss {name!r} is a {family.replace('_', '-')} loss: it trains on groups of K samples "
+                          f"per prompt, which strategy {config.online.strategy!r} (pairwise) does not build; set "
+                          f"online.strategy to a group strategy ({', '.join(groups)})")
+
+
 def _check_online(config: Config):
     """Checks of ``online:`` (strategy, its options, sampler, judge, the loss it trains with)."""
     o = config.online
@@ -200,6 +220,7 @@ def _check_online(config: Config):
     if config.reference.precompute:
         raise ConfigError("reference.precompute: online rounds score new samples each round, so reference "
                           "log-probs cannot be cached; remove it")
+    _check_group_loss(config, cls)
     loss = checked_loss(cls.loss_section(config.loss, o.options), f"loss (strategy {o.strategy!r})")
     if loss.needs.data == "lists" and (not cls.lists_ok or o.refresh_every):
         raise ConfigError(f"loss {loss.name!r} trains on ranked lists, which strategy {o.strategy!r} does not build"

@@ -25,6 +25,7 @@ import math
 from typing import Any, Iterator, List, Tuple
 
 POSITIVE = ("beta", "beta_w", "beta_l")
+KL_BETA_FAMILIES = ("policy_gradient",)  # there ``beta`` weighs a KL penalty: 0 (no penalty) is valid
 
 
 class _InputsReached(BaseException):
@@ -104,7 +105,10 @@ def generic_problems(loss) -> List[str]:
                 continue
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            if key in POSITIVE and value <= 0:
+            if key in POSITIVE and getattr(spec, "family", None) in KL_BETA_FAMILIES:
+                if value < 0:
+                    problems.append(f"{where}: must be >= 0 (the KL weight; 0 for none), got {value}")
+            elif key in POSITIVE and value <= 0:
                 problems.append(f"{where}: must be > 0, got {value}")
             elif key == "label_smoothing" and not 0.0 <= value < 0.5:
                 problems.append(f"{where}: must be in [0, 0.5), got {value}")

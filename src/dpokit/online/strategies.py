@@ -83,6 +83,7 @@ class RoundStrategy:
     refreshable: ClassVar[bool] = True
     lists_ok: ClassVar[bool] = True  # with a listwise loss, trains on the judged lists themselves
     min_samples: ClassVar[int] = 2  # samples per prompt needed to compare the policy's own answers
+    group_strategy: ClassVar[bool] = False  # trains a policy-gradient loss on whole groups (dpokit.online.groups)
     verified: ClassVar[str] = "verified"
     source: ClassVar[str] = ""
     OPTIONS: ClassVar[Dict[str, Any]] = {}
@@ -95,6 +96,10 @@ class RoundStrategy:
     @classmethod
     def option_names(cls) -> List[str]:
         return sorted({**cls.BASE_OPTIONS, **cls.OPTIONS})
+
+    @classmethod
+    def validate_options(cls, options: Dict[str, Any]) -> None:
+        """Check option values at config validation (raise ConfigError naming ``online.options.KEY``)."""
 
     @classmethod
     def loss_section(cls, base: Dict[str, Any], options: Dict[str, Any]) -> Dict[str, Any]:
@@ -198,6 +203,7 @@ def check_options(cls, options: Dict[str, Any]) -> Dict[str, Any]:
     if unknown:
         raise ConfigError(f"online.options: strategy {cls.name!r} has no option(s) {unknown}; "
                           f"it accepts {valid or 'none'}")
+    cls.validate_options(dict(options or {}))
     return dict(options or {})
 
 
@@ -589,3 +595,6 @@ class OFSDPO(RoundStrategy):
         merged.set_adapter(self.fast_module())
         merged.delete_adapter(self.MODULES[1 - int(self.loss_state.get("fast", 0))])
         return merged
+
+
+from . import groups as _groups, oprl as _oprl  # noqa: E402,F401  (register grpo, rloo, reinforce, copo, oprl)

@@ -8,6 +8,10 @@ judge, ``dpokit.tasks.online_demo:parity_reward``), builds pairs and trains with
 The total number of generated training samples equals the offline demo's
 (``n_train_prompts x samples_per_prompt``): each round gets ``n_train_prompts / rounds`` prompts.
 
+With a group strategy (``--strategy grpo|copo|rloo|reinforce``) each prompt's samples are one group
+trained with that policy-gradient loss (:mod:`dpokit.online.groups`); COPO reads the extracted answer
+of :func:`parity_answer`.
+
 Writes the same ``summary.json`` (``before``/``after``: reward, preference_accuracy, kl, length) as
 the offline demo, plus ``rounds`` (each round's metrics, including held-out reward).
 """
@@ -32,13 +36,27 @@ from .parity import ParityTask, build_pairs, parity_reward  # noqa: F401  (parit
 # Loss settings per strategy for this task (the task is small and sharp; see docs/online.md).
 STRATEGY_LOSS: Dict[str, Dict[str, Any]] = {
     "sppo": {"name": "sppo", "beta": 0.1},
+    # group strategies (dpokit.online.groups): the K samples of a prompt are one group
+    "grpo": {"name": "grpo", "beta": 0.04},
+    "copo": {"name": "copo"},
+    "rloo": {"name": "rloo"},
+    "reinforce": {"name": "reinforce"},
+    "oprl": {"name": "oprl"},
 }
 STRATEGY_OPTIONS: Dict[str, Dict[str, Any]] = {
     "sppo": {"win_prob": "hard"},
     "apo": {"alpha": 0.3},
     "xpo": {"alpha": 1e-5},
     "hypo": {"lam": 0.05},
+    "copo": {"answer": "dpokit.tasks.online_demo:parity_answer"},
 }
+
+
+def parity_answer(prompt: str, response: str) -> str:
+    """The extracted final answer of a parity response (COPO's answer entropy): its last ``even``/``odd``
+    word, or ``""`` when it has none."""
+    words = [w for w in response.split() if w in ("even", "odd")]
+    return words[-1] if words else ""
 
 
 def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds: int = 4, log=print,
