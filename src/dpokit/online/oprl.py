@@ -112,8 +112,7 @@ class OPRLRound(GroupRound):
         self.engine.step_rewards = self._step_rewards(trainer)
 
     def _update_prm(self, policy_trainer) -> None:
-        from ..train import Trainer
-
+        Trainer = type(policy_trainer)  # the round's trainer class (online/ does not import train/ here)
         loop, r = self.loop, self.round
         rdir = loop.round_dir(r)
         out = os.path.join(rdir, "prm")

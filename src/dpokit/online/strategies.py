@@ -596,5 +596,3 @@ class OFSDPO(RoundStrategy):
         merged.delete_adapter(self.MODULES[1 - int(self.loss_state.get("fast", 0))])
         return merged
 
-
-from . import groups as _groups, oprl as _oprl  # noqa: E402,F401  (register grpo, rloo, reinforce, copo, oprl)
