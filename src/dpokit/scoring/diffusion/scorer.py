@@ -178,9 +178,14 @@ class DiffusionScorer:
 
 def diffusion_scorer(config, needs: Needs, scheduler, model) -> DiffusionScorer:
     """Registry factory: ``scheduler`` is what the diffusion model family loads next to the denoiser
-    (where a language model's family loads the tokenizer); the seed is ``config.train.seed``."""
+    (where a language model's family loads the tokenizer): a noise scheduler, or an object holding
+    one as ``.scheduler`` (:class:`dpokit.diffusion_family.DiffusionAssets`). The seed is
+    ``config.train.seed``; ``config.diffusion.timestep_range`` bounds the timestep draw."""
     seed = getattr(getattr(config, "train", None), "seed", 0) if config is not None else 0
-    if not hasattr(scheduler, "add_noise"):
+    timestep_range = getattr(getattr(config, "diffusion", None), "timestep_range", None)
+    scheduler = getattr(scheduler, "scheduler", scheduler)
+    if not hasattr(scheduler, "add_noise") and not hasattr(scheduler, "scale_noise"):
         raise ConfigError("the diffusion scorer needs a noise scheduler with add_noise (e.g. diffusers "
                           f"DDPMScheduler), got {type(scheduler).__name__}")
-    return DiffusionScorer(needs, scheduler, seed=seed)
+    return DiffusionScorer(needs, scheduler, seed=seed,
+                           timestep_range=tuple(timestep_range) if timestep_range else None)
