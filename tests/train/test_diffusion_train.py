@@ -98,3 +98,19 @@ def test_diffusion_config_errors(tmp_path):
     os.remove(os.path.join(model_dir, "scheduler", "scheduler_config.json"))
     with pytest.raises(ConfigError, match="scheduler"):
         check_run(from_dict(diffusion_config(model_dir, data, tmp_path / "run")))
+
+
+def test_train_sd3_transformer_flow_matching(tmp_path):
+    from diffusers import SD3Transformer2DModel
+
+    from dpokit.train import Trainer
+
+    model_dir = save_tiny_pipeline(str(tmp_path / "pipe"), "sd3")
+    data = save_image_pairs(str(tmp_path / "data"), 6)
+    trainer = Trainer(from_dict(diffusion_config(model_dir, data, tmp_path / "run")))
+    assert trainer.scorer.prediction_type == "flow"
+    assert trainer.fit()["status"] == "completed"
+    trained = SD3Transformer2DModel.from_pretrained(str(tmp_path / "run" / "final" / "transformer"),
+                                                    use_safetensors=True)
+    initial = SD3Transformer2DModel.from_pretrained(os.path.join(model_dir, "transformer"), use_safetensors=True)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), initial.state_dict().values()))
