@@ -75,7 +75,7 @@ def _timestep_by_keyword(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base = getattr(base, "_orig_mod", base)  # torch.compile
     try:
-        names = list(inspect.signature(base.forward).parameters)
+        names = list(inspect.signature(getattr(base, "forward", base)).parameters)
     except (TypeError, ValueError):
         return False
     return "timestep" in names and names.index("timestep") != 1
