@@ -31,14 +31,26 @@ from .errors import ConfigError  # noqa: F401  (re-exported as dpokit.config.Con
 @dataclass
 class ModelConfig:
     name_or_path: str = ""
+    kind: str = "causal_lm"  # causal_lm | diffusion (dpokit.families: how the model, data and batches are handled)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     trust_remote_code: bool = False
     attn_implementation: Optional[str] = None  # e.g. sdpa, eager, flash_attention_2
     gradient_checkpointing: bool = False
     compile: bool = False
     revision: Optional[str] = None
-    kind: str = "causal_lm"  # causal_lm | vlm (vision-language: processor, images in the data, docs/vlm.md)
+    kind: str = "causal_lm"  # causal_lm | vlm (processor, images in the data: docs/vlm.md) | diffusion (docs/diffusion.md)
     freeze_vision: bool = True  # vlm: the vision tower does not train (LoRA goes to the language model only)
+
+
+@dataclass
+class DiffusionConfig:
+    """``model.kind: diffusion``: a diffusers denoiser, its scheduler and how captions become conditions."""
+
+    denoiser: Optional[str] = None  # subfolder of model.name_or_path holding the denoiser (auto: unet, transformer, .)
+    condition: str = "auto"  # auto | text_encoder | class_labels | none
+    classes: Optional[List[str]] = None  # condition class_labels: caption -> index in this list
+    image_size: Optional[int] = None  # images are resized to image_size x image_size
+    timestep_range: Optional[List[int]] = None  # [lo, hi) of the uniform timestep draw (default [0, T))
 
 
 @dataclass
@@ -144,6 +156,7 @@ class OnlineConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: Dict[str, Any] = field(default_factory=lambda: {"name": "dpo", "beta": 0.1})
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
@@ -179,7 +192,8 @@ def _plain(value):
 
 CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "model.kind": ("causal_lm", "vlm"),
+    "model.kind": ("causal_lm", "vlm", "diffusion"),
+    "diffusion.condition": ("auto", "text_encoder", "class_labels", "none"),
     "data.kind": ("pairs", "unpaired", "lists"),
     "data.pair_builder": ("best_vs_worst", "best_vs_each", "all_pairs", "margin"),
     "data.truncation_mode": ("keep_end", "keep_start"),

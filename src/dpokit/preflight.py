@@ -12,15 +12,14 @@ call :func:`check_run`; a mistake ends here as a :class:`~dpokit.errors.ConfigEr
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Dict, Sequence, Union
 
 from .config import Config, from_dict, load_config
 from .data.build import curriculum_settings
-from .data.files import looks_like_hub_id
 from .distributed import resolve_mixed_precision
 from .errors import ConfigError
+from .families import model_family
 from .losses import build_loss
 from .losses.checks import check_loss
 from .online.catalog import STRATEGIES, check_options
@@ -46,7 +45,7 @@ def check_run(config: Config) -> RunPlan:
     _check_data_kind(config, loss)
     _check_reference(config, loss)
     _check_curriculum(config, loss)
-    _check_model_paths(config)
+    model_family(config.model.kind).check(config)  # model paths: dpokit.families
     _check_vision(config, loss)
     if config.online.strategy:
         _check_online(config)
@@ -78,20 +77,6 @@ def checked_loss(section, where: str = "loss"):
     except ValueError as err:
         raise ConfigError(f"{where}: {err}") from None
     return loss
-
-
-def _check_model_paths(config: Config) -> None:
-    """A model named by a local path that does not exist fails here, not inside transformers."""
-    for key, value in (("model.name_or_path", config.model.name_or_path), ("reference.path", config.reference.path)):
-        path = os.path.expanduser(value or "")
-        if value and not os.path.exists(path) and not looks_like_hub_id(value):
-            raise ConfigError(f"{key}: no such directory: {value} (a local model directory, or a hub id such as "
-                              "Qwen/Qwen2.5-0.5B-Instruct)")
-        if value and os.path.isfile(path):
-            raise ConfigError(f"{key}: {value} is a file; give the model's directory (with config.json)")
-        if value and os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
-            raise ConfigError(f"{key}: {value} has no config.json, so it is not a saved model directory "
-                              "(save one with model.save_pretrained(dir) and tokenizer.save_pretrained(dir))")
 
 
 def _check_data_kind(config: Config, loss) -> None:

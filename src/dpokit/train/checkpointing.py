@@ -99,7 +99,11 @@ class CheckpointingMixin:
 
     def save_final(self) -> str:
         """``final/``: a model ``AutoModelForCausalLM.from_pretrained`` loads (LoRA merged), the
-        tokenizer, with LoRA the adapter itself under ``final/adapter``, and a model card (README.md)."""
+        tokenizer, with LoRA the adapter itself under ``final/adapter``, and a model card (README.md);
+        a model family with its own ``save_final`` (diffusion: dpokit.families) writes its layout instead."""
+        family_save = getattr(getattr(self, "family", None), "save_final", None)
+        if family_save is not None:
+            return family_save(self)
         base = (lambda: load_causal_lm(self.config.model.name_or_path, self.config.model)) if self._policy_from_path else None
         final = ckpt.save_final_model(self.accelerator, self.model, self.tokenizer, safe_join(self.output_dir, "final"),
                                       self.sharded_state, base)

@@ -33,11 +33,10 @@ import yaml
 
 from .. import distributed as dist_utils
 from ..config import Config
-from ..data import EpochBatchOrder, data_io
-from ..data.build import load_run_data
+from ..data import EpochBatchOrder
 from ..errors import NonFiniteError
+from ..families import model_family
 from ..losses import LossInputs
-from ..models import load_policy
 from ..paths import safe_join
 from ..preflight import check_run
 from ..reference import AdapterDisabledReference, build_reference
@@ -66,12 +65,12 @@ class Trainer(CheckpointingMixin):
         self.callbacks: List[Callback] = list(callbacks or []) + config_callbacks(config)  # options checked here
         self._setup_accelerator()
         self._policy_from_path = model is None
+        self.family = model_family(config.model.kind)  # what model.kind loads, reads, batches and saves
         if model is None:
-            model, tokenizer = load_policy(config)
+            model, tokenizer = self.family.load_policy(config)
         self.tokenizer = tokenizer
         self.vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)  # may exceed len(tokenizer)
-        self.data_io = data_io(config.model.kind)  # how this model kind's records are read, tokenized, batched
-        self.scorer = build_scorer(config, self.loss_fn.needs, tokenizer, model, kind=config.model.kind)
+        self.scorer = build_scorer(config, self.loss_fn.needs, tokenizer, model, kind=self.family.scorer)
         if scorer_wrapper is not None:
             self.scorer = scorer_wrapper(self.scorer)
         self._load_data()  # train_examples, eval_examples, data_plan, data_report
@@ -158,8 +157,8 @@ class Trainer(CheckpointingMixin):
     def tokenize(self, examples):
         """``(tokenized examples, report)`` with the run's data settings."""
         d = self.config.data
-        return self.data_io.tokenize(examples, self.tokenizer, d.max_length, d.max_prompt_length, d.truncation_mode,
-                                 d.append_eos, d.on_empty_completion, self.vocab_size)
+        return self.family.tokenize(examples, self.tokenizer, d.max_length, d.max_prompt_length, d.truncation_mode,
+                                    d.append_eos, d.on_empty_completion, self.vocab_size)
 
     def set_train_examples(self, examples: Sequence) -> None:
         """Replace the training examples by as many new ones (same positions: the data order, the
@@ -179,8 +178,7 @@ class Trainer(CheckpointingMixin):
             group["lr"] = base * factor(max(scheduler.last_epoch, 0))
 
     def _load_data(self):
-        self.train_examples, self.eval_examples, self.data_plan, self.data_report = load_run_data(
-            self.config.data, self.config.train.seed, self.loss_fn.needs.data, self.tokenize, self.data_io.load)
+        self.train_examples, self.eval_examples, self.data_plan, self.data_report = self.family.load_data(self)
         logger.info("data: %s; %s", self.data_report["load"], self.data_report["tokenize"])
         labels = [ex.label for ex in self.train_examples] if self.loss_fn.needs.data == "unpaired" else None
         for message in self.loss_fn.check_data(labels):  # e.g. KTO's class balance
@@ -195,7 +193,7 @@ class Trainer(CheckpointingMixin):
         return out
 
     def _batch(self, positions, examples):
-        return self.data_io.collate([examples[i] for i in positions], self.loss_fn.needs.data)
+        return self.family.collate(self, [examples[i] for i in positions], self.model.training)
 
     def epoch_plan(self, epoch: int) -> "dist_utils.EpochPlan":
         key = (epoch, self._plan_start)

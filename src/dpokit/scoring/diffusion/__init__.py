@@ -6,10 +6,11 @@
 """
 
 from .. import register_scorer
-from .noise import draw_noise, example_seed, noised_and_target
+from .noise import draw_noise, example_seed, flow_sigma, model_timesteps, noised_and_target
 from .scorer import DiffusionScorer, diffusion_scorer, per_sample_error, predict, refuse_unservable
 
 register_scorer("diffusion")(diffusion_scorer)
 
-__all__ = ["DiffusionScorer", "diffusion_scorer", "draw_noise", "example_seed", "noised_and_target",
+__all__ = ["DiffusionScorer", "diffusion_scorer", "draw_noise", "example_seed", "flow_sigma", "model_timesteps",
+           "noised_and_target",
            "per_sample_error", "predict", "refuse_unservable"]

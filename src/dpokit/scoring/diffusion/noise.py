@@ -18,7 +18,7 @@ import torch
 
 from ...errors import ConfigError
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
 
 
 def example_seed(seed: int, index: int, draw: int) -> int:
@@ -42,7 +42,18 @@ def draw_noise(sample_shape: Sequence[int], indices: Sequence[int], draws: Seque
     return torch.stack(eps), torch.cat(ts)
 
 
+def is_flow_matching(scheduler) -> bool:
+    """A rectified-flow scheduler (diffusers ``FlowMatchEulerDiscreteScheduler``: ``scale_noise``, no
+    ``add_noise``)."""
+    return hasattr(scheduler, "scale_noise") and not hasattr(scheduler, "add_noise")
+
+
 def prediction_type(scheduler) -> str:
+    if is_flow_matching(scheduler):
+        if getattr(scheduler.config, "use_dynamic_shifting", False):
+            raise ConfigError("diffusion scorer: a flow-matching scheduler with use_dynamic_shifting (resolution-"
+                              "dependent shift) is not supported; set a fixed shift")
+        return "flow"
     kind = getattr(getattr(scheduler, "config", None), "prediction_type", "epsilon") or "epsilon"
     if kind not in PREDICTION_TYPES:
         raise ConfigError(f"diffusion scorer: scheduler prediction_type {kind!r} is not one of "
@@ -54,12 +65,39 @@ def num_train_timesteps(scheduler) -> int:
     return int(scheduler.config.num_train_timesteps)
 
 
+def flow_sigma(scheduler, t: torch.Tensor) -> torch.Tensor:
+    """Noise level of timestep index ``t`` (0: least noise) of a flow-matching scheduler:
+    ``sigma = shift*u / (1 + (shift-1)*u)`` with ``u = (t+1)/T``, which is the scheduler's own training
+    grid (``scheduler.sigmas`` before ``set_timesteps``, read from the end)."""
+    total = num_train_timesteps(scheduler)
+    shift = float(getattr(scheduler.config, "shift", 1.0))
+    u = (t.to(torch.float64) + 1.0) / total
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def model_timesteps(scheduler, t: torch.Tensor, kind: Optional[str] = None) -> torch.Tensor:
+    """What the denoiser is given as its timestep: ``t`` itself, or ``sigma * T`` for flow matching (as
+    the diffusers SD3 training scripts feed ``timesteps = sigmas * num_train_timesteps``)."""
+    kind = kind or prediction_type(scheduler)
+    if kind != "flow":
+        return t
+    return (flow_sigma(scheduler, t) * num_train_timesteps(scheduler)).to(torch.float32)
+
+
 def noised_and_target(scheduler, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
                       kind: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (``scheduler.add_noise``) and what the
     denoiser is trained to predict there: ``eps`` (epsilon), ``scheduler.get_velocity(x0, eps, t)``
-    (v_prediction) or ``x0`` (sample), per the scheduler's ``prediction_type``."""
+    (v_prediction) or ``x0`` (sample), per the scheduler's ``prediction_type``.
+
+    Flow matching (``kind`` "flow", a rectified-flow scheduler): ``x_t = (1 - sigma) x0 + sigma eps``
+    and the velocity target ``eps - x0``, as the diffusers SD3 training scripts compute them; no
+    official flow-matching Diffusion-DPO code was read, so the use of this target in the preference
+    losses follows third-party implementations (unverified against a primary source)."""
     kind = kind or prediction_type(scheduler)
+    if kind == "flow":
+        sigma = flow_sigma(scheduler, t).to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        return (1.0 - sigma) * x0 + sigma * eps, eps - x0
     x_t = scheduler.add_noise(x0, eps, t)
     if kind == "epsilon":
         return x_t, eps

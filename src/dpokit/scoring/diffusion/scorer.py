@@ -5,9 +5,12 @@ M = K for a list, M = 1 for an unpaired example), with one timestep ``t`` and on
 shared by the M samples of the example (:mod:`.noise`):
 
     x_t     = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * eps            scheduler.add_noise
-    e_pi(x) = mean_D (eps_theta(x_t, t, c) - target)^2                target = eps | v | x0
+    e_pi(x) = mean_D (eps_theta(x_t, t, c) - target)^2                target = eps | v | x0 | eps - x0
     e_ref(x)= mean_D (eps_ref(x_t, t, c)   - target)^2                under no_grad
     lp(x) = -e_pi(x),  lr(x) = -e_ref(x)
+
+(flow matching: ``x_t = (1 - sigma_t) x0 + sigma_t eps``, target the velocity ``eps - x0``, the
+denoiser given ``sigma_t * T``; :func:`.noise.noised_and_target`.)
 
 ``D`` is the number of elements of a sample (C*H*W, or C*F*H*W for video): the error is averaged,
 not summed, as in the official code (SalesforceAIResearch/DiffusionDPO ``train.py``, diffusers
@@ -40,13 +43,14 @@ diffusion counterpart here.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from ...errors import ConfigError
 from ...losses import LossInputs, Needs
-from .noise import draw_noise, noised_and_target, num_train_timesteps, prediction_type
+from .noise import draw_noise, model_timesteps, noised_and_target, num_train_timesteps, prediction_type
 
 
 def refuse_unservable(needs: Needs) -> None:
@@ -65,9 +69,21 @@ def refuse_unservable(needs: Needs) -> None:
                           "use a loss on sequence-level log-probs (dpo, ipo, hinge, listwise, unpaired ...)")
 
 
+def _timestep_by_keyword(model) -> bool:
+    """Diffusers transformers take ``timestep`` after their condition arguments (SD3: hidden_states,
+    encoder_hidden_states, pooled_projections, timestep); UNets take it second."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = getattr(base, "_orig_mod", base)  # torch.compile
+    try:
+        names = list(inspect.signature(getattr(base, "forward", base)).parameters)
+    except (TypeError, ValueError):
+        return False
+    return "timestep" in names and names.index("timestep") != 1
+
+
 def predict(model, x_t: torch.Tensor, t: torch.Tensor, conditions: Dict[str, torch.Tensor]) -> torch.Tensor:
     """The denoiser's output at ``(x_t, t, c)``: a diffusers model (``.sample``), a tuple or a tensor."""
-    out = model(x_t, t, **conditions)
+    out = model(x_t, timestep=t, **conditions) if _timestep_by_keyword(model) else model(x_t, t, **conditions)
     if hasattr(out, "sample"):
         return out.sample
     if isinstance(out, (tuple, list)):
@@ -128,6 +144,7 @@ class DiffusionScorer:
         eps = eps.unsqueeze(1).expand(b, m, *sample_shape).reshape(b * m, *sample_shape)
         t = t.repeat_interleave(m)
         x_t, target = noised_and_target(self.scheduler, x0, eps, t, self.prediction_type)
+        t = model_timesteps(self.scheduler, t, self.prediction_type).to(x_t.device)
         conditions = {k: v.repeat_interleave(m, dim=0) for k, v in (batch.conditions or {}).items()}
         e_policy = per_sample_error(predict(policy, x_t, t, conditions), target).view(b, m)
         e_reference = None
@@ -178,9 +195,14 @@ class DiffusionScorer:
 
 def diffusion_scorer(config, needs: Needs, scheduler, model) -> DiffusionScorer:
     """Registry factory: ``scheduler`` is what the diffusion model family loads next to the denoiser
-    (where a language model's family loads the tokenizer); the seed is ``config.train.seed``."""
+    (where a language model's family loads the tokenizer): a noise scheduler, or an object holding
+    one as ``.scheduler`` (:class:`dpokit.diffusion_family.DiffusionAssets`). The seed is
+    ``config.train.seed``; ``config.diffusion.timestep_range`` bounds the timestep draw."""
     seed = getattr(getattr(config, "train", None), "seed", 0) if config is not None else 0
-    if not hasattr(scheduler, "add_noise"):
+    timestep_range = getattr(getattr(config, "diffusion", None), "timestep_range", None)
+    scheduler = getattr(scheduler, "scheduler", scheduler)
+    if not hasattr(scheduler, "add_noise") and not hasattr(scheduler, "scale_noise"):
         raise ConfigError("the diffusion scorer needs a noise scheduler with add_noise (e.g. diffusers "
                           f"DDPMScheduler), got {type(scheduler).__name__}")
-    return DiffusionScorer(needs, scheduler, seed=seed)
+    return DiffusionScorer(needs, scheduler, seed=seed,
+                           timestep_range=tuple(timestep_range) if timestep_range else None)

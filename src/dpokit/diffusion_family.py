@@ -1,0 +1,142 @@
+"""``model.kind: diffusion``: a diffusers denoiser trained on image preference data by ``dpokit train``.
+
+* model: ``model.name_or_path`` is a local pipeline-style directory (:mod:`dpokit.diffusion_models`);
+  the denoiser trains (all weights, or LoRA on its attention projections with ``lora.enabled``);
+  the scheduler and a frozen condition encoder (text encoder, class list or none) come with it;
+* data: image pairs (``caption``, ``chosen``/``rejected``, or Pick-a-Pic ``jpg_0``/``jpg_1``/``label_0``)
+  or ranked image lists (``images``, ``scores``), read by :mod:`dpokit.data.images`;
+* scoring: the diffusion scorer (:mod:`dpokit.scoring.diffusion`); the noise of an example is drawn
+  per (seed, example, epoch), and evaluation uses draw 0;
+* reference: ``copy`` (a frozen copy of the initial denoiser) or ``lora_disabled`` (the LoRA
+  denoiser with its adapters off), as :mod:`dpokit.reference` builds them;
+* output: ``final/`` holds the trained denoiser in the input's layout (LoRA merged; the adapter
+  itself under ``final/adapter``) next to copies of the other folders (scheduler, text encoder, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Any
+
+from .data.build import DataPlan
+from .errors import ConfigError
+
+logger = logging.getLogger("dpokit")
+
+
+class DiffusionAssets:
+    """What the diffusion scorer and the batches need besides the denoiser."""
+
+    def __init__(self, scheduler, conditioner, root: str, denoiser_folder: str):
+        self.scheduler = scheduler
+        self.conditioner = conditioner
+        self.root = root
+        self.denoiser_folder = denoiser_folder
+
+    def save_pretrained(self, path: str) -> None:  # what a checkpoint stores next to the weights
+        self.scheduler.save_pretrained(os.path.join(path, "scheduler"))
+
+
+class DiffusionFamily:
+    """``model.kind: diffusion`` (registered in :mod:`dpokit.families`)."""
+
+    scorer = "diffusion"
+
+    def check(self, config) -> None:
+        from .diffusion_models import condition_kind, denoiser_dir, scheduler_dir
+
+        root = os.path.expanduser(config.model.name_or_path or "")
+        if not root or not os.path.isdir(root):
+            raise ConfigError(f"model.name_or_path: no such directory: {config.model.name_or_path!r} (model.kind "
+                              "diffusion loads a local pipeline directory with the denoiser and scheduler/)")
+        denoiser_dir(root, config.diffusion.denoiser)
+        scheduler_dir(root)
+        d, r = config.diffusion, config.reference
+        if config.data.kind not in ("pairs", "lists"):
+            raise ConfigError(f"data.kind: {config.data.kind!r}: model.kind diffusion reads image pairs or lists")
+        if r.kind == "path" or r.path or r.precompute:
+            raise ConfigError("reference: model.kind diffusion takes reference.kind copy or lora_disabled (a "
+                              "reference path or a precomputed reference is not supported for denoisers)")
+        if condition_kind(root, d.condition, d.classes) == "text_encoder" and not all(
+                os.path.isdir(os.path.join(root, f)) for f in ("text_encoder", "tokenizer")):
+            raise ConfigError(f"diffusion.condition: text_encoder needs {root}/text_encoder and {root}/tokenizer")
+        if d.condition == "class_labels" and not d.classes:
+            raise ConfigError("diffusion.classes: condition class_labels needs the list of class captions")
+        if d.timestep_range is not None and len(d.timestep_range) != 2:
+            raise ConfigError(f"diffusion.timestep_range: expected [lo, hi), got {d.timestep_range}")
+
+    def load_policy(self, config):
+        from .diffusion_models import apply_lora, build_conditioner, denoiser_dir, load_denoiser, load_scheduler
+        from .models import DTYPES
+
+        root = os.path.expanduser(config.model.name_or_path)
+        path, _ = denoiser_dir(root, config.diffusion.denoiser)
+        model = load_denoiser(root, config.diffusion.denoiser, DTYPES.get(config.model.dtype))
+        if config.model.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        conditioner = build_conditioner(root, config.diffusion.condition, config.diffusion.classes, model)
+        if config.lora.enabled:
+            model = apply_lora(model, config.lora)
+        return model, DiffusionAssets(load_scheduler(root), conditioner, root, os.path.relpath(path, root))
+
+    def load_data(self, trainer):
+        import torch
+
+        from .data.images import load_image_examples
+
+        config = trainer.config
+        d, size = config.data, config.diffusion.image_size
+        train, report = load_image_examples(d.train, d.kind, size, d.limit)
+        evaluation = load_image_examples(d.eval, d.kind, size)[0] if d.eval else []
+        if not evaluation and d.eval_fraction > 0:
+            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.train.seed)).tolist()
+            n_eval = max(1, int(len(train) * d.eval_fraction))
+            evaluation = [train[i] for i in sorted(perm[:n_eval])]
+            train = [train[i] for i in sorted(perm[n_eval:])]
+        for position, ex in enumerate(train):
+            ex.index = position
+        for position, ex in enumerate(evaluation):  # distinct noise seeds from the training examples
+            ex.index = len(train) + position
+        trainer.tokenizer.conditioner.to(trainer.accelerator.device)
+        summary = f"{report['records']} records, {report['ties_dropped']} ties dropped, {len(train)} train, " \
+                  f"{len(evaluation)} eval"
+        return train, evaluation, DataPlan(), {"load": summary, "tokenize": "images (no tokenization)"}
+
+    def collate(self, trainer, examples, training: bool = True):
+        from .data.images import collate_images
+
+        draw = trainer.state["epoch"] if training and hasattr(trainer, "state") else 0
+        batch = collate_images(examples, [draw] * len(examples), trainer.tokenizer.conditioner)
+        return batch.to(trainer.accelerator.device)
+
+    def save_final(self, trainer) -> str:
+        from .paths import safe_join
+
+        assets: DiffusionAssets = trainer.tokenizer
+        final = safe_join(trainer.output_dir, "final")
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_main:
+            model: Any = trainer.accelerator.unwrap_model(trainer.model)
+            os.makedirs(final, exist_ok=True)
+            for name in os.listdir(assets.root):  # scheduler, text encoder, tokenizer, model_index.json
+                source = os.path.join(assets.root, name)
+                if assets.denoiser_folder != "." and name == assets.denoiser_folder:
+                    continue
+                if assets.denoiser_folder == "." and name not in ("scheduler", "text_encoder", "tokenizer"):
+                    continue
+                target = os.path.join(final, name)
+                if os.path.isdir(source):
+                    shutil.copytree(source, target, dirs_exist_ok=True)
+                elif os.path.isfile(source):
+                    shutil.copy2(source, target)
+            out = final if assets.denoiser_folder == "." else os.path.join(final, assets.denoiser_folder)
+            if hasattr(model, "merge_and_unload"):  # PEFT: the adapter, then the merged denoiser
+                import copy
+
+                model.save_pretrained(os.path.join(final, "adapter"), safe_serialization=True)
+                model = copy.deepcopy(model).merge_and_unload()
+            model.save_pretrained(out, safe_serialization=True)
+        trainer.accelerator.wait_for_everyone()
+        return final
