@@ -164,6 +164,8 @@ def prepare(args, workdir: str) -> Dict[str, Any]:
     dirs = {}
     for name, model in (("policy", policy), ("reference", reference)):
         dirs[name] = os.path.join(workdir, name)
+        if args.dtype != "float32":  # the workers load this dtype: the same rounding, half the disk and load time
+            model.to(getattr(torch, args.dtype))
         model.save_pretrained(dirs[name], safe_serialization=True)
         tokenizer.save_pretrained(dirs[name])
     embedding = policy.get_input_embeddings().weight.numel()
