@@ -49,6 +49,20 @@ def growth(lengths: List[int], peaks: List[float]) -> Dict[str, object]:
     return out
 
 
+def summarise(runs: Dict[str, dict]) -> Dict[str, dict]:
+    """Per configuration: peak memory and tokens/s at each length, the linear fit, the failures."""
+    labels = {label for r in runs.values() for label in r.get("layouts", {})} | {"trl"}
+    summary = {}
+    for label in sorted(labels):
+        points = [(int(l), (r["trl"] if label == "trl" else r["layouts"][label]))
+                  for l, r in runs.items() if (label == "trl" and "trl" in r) or label in r.get("layouts", {})]
+        summary[label] = growth([l for l, _ in points], [p["peak_memory_mb"] for _, p in points])
+        summary[label]["tokens_per_s"] = [p["tokens_per_s"] for _, p in points]
+        summary[label]["failed"] = {l: r["failed"][label]["failed"] for l, r in runs.items()
+                                    if label in r.get("failed", {})}
+    return summary
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
@@ -59,7 +73,23 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="benchmarks/results/long-context.json")
     parser.add_argument("bench_args", nargs=argparse.REMAINDER,
                         help="after --: further dpokit bench flags (model size, batch, clock ...)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="instead of running: combine the runs of earlier output files (later files win)")
     args = parser.parse_args(argv)
+    if args.merge:
+        merged = {"runs": {}}
+        for path in args.merge:
+            with open(path) as handle:
+                part = json.load(handle)
+            merged.update({k: v for k, v in part.items() if k not in ("runs", "summary")})
+            merged.setdefault("parts", []).append({k: part.get(k) for k in ("memory_limit_gb", "bench_flags")})
+            merged["runs"].update(part["runs"])
+        merged["runs"] = dict(sorted(merged["runs"].items(), key=lambda kv: int(kv[0])))
+        merged["summary"] = summarise(merged["runs"])
+        with open(args.out, "w") as handle:
+            json.dump(merged, handle, indent=2)
+        print(json.dumps(merged["summary"], indent=2))
+        return 0
     extra = [a for a in args.bench_args if a != "--"] or [
         "--arch", "qwen2", "--hidden-size", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
         "--batch-size", "1", "--steps", "2", "--warmup", "1", "--threads", "1", "--clock", "cpu", "--device", "cpu"]
@@ -82,15 +112,7 @@ def main(argv=None) -> int:
             print(f"  {label}: {r['peak_memory_mb']:.0f} MB, {r['tokens_per_s']:.0f} tokens/s", file=sys.stderr)
         for label, f in report.get("failed", {}).items():
             print(f"  {label}: {f['failed']}", file=sys.stderr)
-    labels = {label for r in runs.values() for label in r.get("layouts", {})} | {"trl"}
-    summary = {}
-    for label in sorted(labels):
-        points = [(int(l), (r["trl"] if label == "trl" else r["layouts"][label]))
-                  for l, r in runs.items() if (label == "trl" and "trl" in r) or label in r.get("layouts", {})]
-        summary[label] = growth([l for l, _ in points], [p["peak_memory_mb"] for _, p in points])
-        summary[label]["tokens_per_s"] = [p["tokens_per_s"] for _, p in points]
-        summary[label]["failed"] = {l: r["failed"][label]["failed"] for l, r in runs.items()
-                                    if label in r.get("failed", {})}
+    summary = summarise(runs)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump({"model_vocab": args.model_vocab, "memory_limit_gb": args.memory_limit_gb, "bench_flags": extra,
