@@ -87,6 +87,7 @@ def run_dpokit(args, path: str, prompts: List[str], workdir: str, refresh: bool)
     from dpokit.io import write_jsonl
     from dpokit.online.loop import OnlineLoop
 
+    os.makedirs(workdir, exist_ok=True)
     prompts_path = os.path.join(workdir, "prompts.jsonl")
     write_jsonl(prompts_path, [{"prompt": p} for p in prompts])
 
