@@ -54,6 +54,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, word_level: boo
     return wrapped
 
 
+ARCHITECTURES = ("llama", "qwen2")
+
+
 def tiny_llama(
     vocab_size: int,
     hidden_size: int = 64,
@@ -63,17 +66,31 @@ def tiny_llama(
     max_position_embeddings: int = 1024,
     seed: int = 0,
     tokenizer=None,
+    num_kv_heads: Optional[int] = None,
+    arch: str = "llama",
 ):
-    """A small Llama-architecture causal LM with random weights (seeded)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A small causal LM with random weights (seeded): Llama (no biases) or, with ``arch="qwen2"``,
+    Qwen2 (biases on the q/k/v projections, full attention on every layer). ``num_kv_heads``:
+    grouped-query attention with that many key/value heads (default: one per attention head);
+    ``vocab_size`` may exceed the tokenizer's (real models pad their vocabularies)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    config = LlamaConfig(
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    kv_heads = num_kv_heads or num_heads
+    if num_heads % kv_heads:
+        raise ValueError(f"{num_heads} attention heads cannot share {kv_heads} key/value heads "
+                         "(the number of heads must be a multiple of the number of key/value heads)")
+    if tokenizer is not None and vocab_size < len(tokenizer):
+        raise ValueError(f"model vocabulary {vocab_size} is smaller than the tokenizer's ({len(tokenizer)})")
+    config_class, model_class = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    config = config_class(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 4 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=False,
     )
@@ -84,7 +101,7 @@ def tiny_llama(
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = LlamaForCausalLM(config)
+        model = model_class(config)
     finally:
         torch.random.set_rng_state(state)
     return model

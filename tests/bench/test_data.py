@@ -61,3 +61,41 @@ def test_missing_data_file_is_named(tmp_path):
     missing = str(tmp_path / "nowhere.jsonl")
     with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
         load_benchmark_data(missing, seed=0)
+
+
+def tokenized_stream(n=30, seed=0):
+    from dpokit.data.tokenize import TokenizedExample
+
+    rng = __import__("random").Random(seed)
+    return [TokenizedExample(i, [1] + [rng.randrange(4, 300) for _ in range(rng.randrange(3, 20))],
+                             [[rng.randrange(4, 300) for _ in range(rng.randrange(1, 9))] for _ in range(2)])
+            for i in range(n)]
+
+
+def test_long_pairs_have_exactly_the_requested_lengths():
+    import random
+
+    from dpokit.bench.data import long_pairs
+
+    examples = tokenized_stream()
+    groups = long_pairs(examples, 5, length=64, completion_length=8, bos=1, rng=random.Random(0))
+    assert [g[0] for g in groups] == list(range(5))
+    stream_tokens = {t for ex in examples for t in ex.prompt_ids[1:] + ex.completions[0]}
+    for _, prompt, (chosen, rejected) in groups:
+        assert len(prompt) + len(chosen) == 64 and len(prompt) + len(rejected) == 64
+        assert len(chosen) == len(rejected) == 8 and chosen != rejected
+        assert prompt[0] == 1 and 1 not in prompt[1:]  # one BOS, first; inner BOS tokens dropped
+        assert set(prompt[1:]) | set(chosen) | set(rejected) <= stream_tokens
+    again = long_pairs(examples, 5, length=64, completion_length=8, bos=1, rng=random.Random(0))
+    assert again == groups
+
+
+@pytest.mark.parametrize("length, completion, message", [(64, 0, "completion-length"), (64, 64, "completion-length"),
+                                                          (4096, 512, "too few")])
+def test_long_pairs_refuse_impossible_lengths(length, completion, message):
+    import random
+
+    from dpokit.bench.data import long_pairs
+
+    with pytest.raises(ValueError, match=message):
+        long_pairs(tokenized_stream(), 1, length, completion, bos=1, rng=random.Random(0))

@@ -46,3 +46,17 @@ def test_bench_table_from_a_data_file(tmp_path, capsys):
     assert lines[1].startswith(f"data: {path}; batch 2 pairs, max length 64, 1 measured steps after 1 warm-up")
     assert any(line.startswith("packed ") for line in lines)
     assert not any(line.startswith("TRL") for line in lines)
+
+
+@pytest.mark.slow
+def test_bench_qwen2_gqa_padded_vocabulary_long_rows_against_trl(capsys):
+    argv = ["--hidden-size", "32", "--layers", "1", "--heads", "4", "--kv-heads", "2", "--arch", "qwen2",
+            "--vocab-size", "300", "--model-vocab", "5000", "--batch-size", "1", "--sequence-length", "128",
+            "--steps", "1", "--warmup", "1", "--device", "cpu", "--threads", "1", "--layouts", "padded,prompt_shared",
+            "--compare", "trl", "--json"]
+    report = json.loads(run_bench(argv, capsys))
+    setup = report["setup"]
+    assert (setup["arch"], setup["kv_heads"], setup["model_vocab"], setup["vocab_size"]) == ("qwen2", 2, 5000, 300)
+    assert (setup["sequence_length"], setup["completion_length"], setup["max_length"]) == (128, 16, 512)
+    for label, result in [*report["layouts"].items(), ("trl", report["trl"])]:
+        assert result["losses"] == pytest.approx(report["trl"]["losses"], abs=1e-4), label

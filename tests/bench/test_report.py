@@ -97,3 +97,16 @@ def test_fastest_keeps_the_best_run_and_lists_all():
     best = fastest(runs)["a"]
     assert best["x"] == 2
     assert best["pairs_per_s_runs"] == [1.0, 2.0] and best["peak_memory_mb_runs"] == [10.0, 11.0]
+
+
+def test_format_report_names_the_architecture_and_the_failed_configurations():
+    report = fixed_report(with_trl=False)
+    report["setup"].update(arch="qwen2", heads=14, kv_heads=2, vocab_size=8192, model_vocab=151936,
+                           sequence_length=4096, completion_length=512)
+    report["failed"] = {"trl": {"failed": "killed by SIGKILL (on Linux, the out-of-memory killer)",
+                                "out_of_memory": True}}
+    lines = format_report(report).split("\n")
+    assert lines[1].endswith("4 measured steps after 1 warm-up; every row 4096 tokens (512 completion)")
+    assert lines[2] == ("model: Qwen2 4 layers x 256, 14 heads (2 KV), vocab 151936 (tokenizer 8192), 8.39M "
+                        "parameters, float32, attention sdpa")
+    assert "TRL DPOTrainer            failed: killed by SIGKILL (on Linux, the out-of-memory killer)" in lines

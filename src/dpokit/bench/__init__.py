@@ -51,6 +51,7 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..tiny import ARCHITECTURES
 from .data import GENERATED_PAIRS, prepare
 from .measure import matmul_peak_flops, model_flops
 from .report import cpu_name, fastest, format_report, ratios, summarise
@@ -82,7 +83,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--intermediate-size", type=int, default=None, help="default 4 x hidden size")
+    parser.add_argument("--kv-heads", type=int, default=None,
+                        help="key/value heads (grouped-query attention; default: one per attention head)")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="llama",
+                        help="model architecture: llama (no biases) or qwen2 (q/k/v biases); default llama")
     parser.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary trained on the data")
+    parser.add_argument("--model-vocab", type=int, default=None, metavar="N",
+                        help="the model's vocabulary (embedding and LM head rows), at least the tokenizer's: real "
+                             "models pad theirs (Qwen2: 151936); default: the tokenizer's")
+    parser.add_argument("--sequence-length", type=int, default=None, metavar="L",
+                        help="make every pair exactly L tokens per row (a long prompt cut from the data's token "
+                             "stream, completions of --completion-length); default: the data's own lengths")
+    parser.add_argument("--completion-length", type=int, default=None, help="with --sequence-length (default L/8)")
+    parser.add_argument("--memory-limit-gb", type=float, default=None,
+                        help="address-space limit of each measured worker process (RLIMIT_AS); a worker that "
+                             "exceeds it is reported as out of memory instead of straining the machine")
     parser.add_argument("--chunk-size", type=int, default=1024, help="vocabulary projection chunk (positions)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, flash_attention_2...)")
@@ -147,9 +162,10 @@ def _run(args, workdir: str) -> int:
     batches = prepared["batches"]
     peak = matmul_peak_flops(device, args.dtype, clock=clock)
     log(f"matmul peak ({args.dtype}, {device}): {peak / 1e9:.1f} GFLOP/s")
+    max_length = max(args.max_length, args.sequence_length or 0)
     base_spec = {"device": device, "dtype": args.dtype, "attn": args.attn, "batches": batches, "dirs": prepared["dirs"],
                  "pad_id": prepared["pad_id"], "beta": args.beta, "lr": args.lr, "chunk_size": args.chunk_size,
-                 "max_length": args.max_length, "gradient_checkpointing": args.gradient_checkpointing,
+                 "max_length": max_length, "memory_limit_gb": args.memory_limit_gb, "gradient_checkpointing": args.gradient_checkpointing,
                  "compile": args.compile, "threads": args.threads, "cache_path": None, "clock": clock}
     plain = [[(p, c) for _, p, c in b] for b in batches]
     flops = {(ref, needed): model_flops(plain, prepared["params"], args.layers, args.hidden_size, ref,
@@ -168,15 +184,22 @@ def _run(args, workdir: str) -> int:
     if args.compare == "trl":
         configs.append(("trl", dict(base_spec, kind="trl"), True))
     runs: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _, _ in configs}
+    failures: Dict[str, Dict[str, Any]] = {}
     loads = []
     for repeat in range(max(1, args.repeats)):
         for label, spec, live_reference in configs:
+            if label in failures:
+                continue  # it failed (out of memory): it would again
             log(f"measuring {label} (run {repeat + 1}/{max(1, args.repeats)}) ...")
             loads.append(os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"))
             raw = spawn(dict(spec), workdir, f"{label}-{repeat}")
+            if "failed" in raw:
+                log(f"  {label}: {raw['failed']}")
+                failures[label] = raw
+                continue
             runs[label].append(summarise(raw, batches, args.warmup, flops[live_reference, False], peak,
                                          flops[live_reference, True]))
-    results = fastest(runs)
+    results = fastest({label: measured for label, measured in runs.items() if measured})
     trl_result = results.pop("trl", None)
 
     report: Dict[str, Any] = {
@@ -185,9 +208,13 @@ def _run(args, workdir: str) -> int:
                     "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
                     "torch": torch.__version__,
                     "load_average_at_start_of_runs": loads},
-        "setup": {"data": prepared["source"], "batch_size": args.batch_size, "max_length": args.max_length,
+        "setup": {"data": prepared["source"], "batch_size": args.batch_size, "max_length": max_length,
                   "steps": args.steps, "warmup": args.warmup, "hidden_size": args.hidden_size, "layers": args.layers,
-                  "heads": args.heads, "vocab_size": prepared["vocab"], "parameters": prepared["total_params"],
+                  "heads": args.heads, "kv_heads": args.kv_heads or args.heads, "arch": args.arch,
+                  "vocab_size": prepared["vocab"], "model_vocab": prepared["model_vocab"],
+                  "sequence_length": args.sequence_length,
+                  "completion_length": (args.completion_length or max(1, args.sequence_length // 8))
+                  if args.sequence_length else None, "memory_limit_gb": args.memory_limit_gb, "parameters": prepared["total_params"],
                   "matmul_parameters": prepared["params"], "dtype": args.dtype, "attn": args.attn,
                   "chunk_size": args.chunk_size, "gradient_checkpointing": args.gradient_checkpointing,
                   "compile": args.compile, "reference": args.reference, "repeats": max(1, args.repeats),
@@ -197,6 +224,8 @@ def _run(args, workdir: str) -> int:
     }
     if cache_info:
         report["reference_cache"] = {"build_seconds": cache_info["seconds"], "examples": cache_info["examples"]}
+    if failures:
+        report["failed"] = failures
     if trl_result is not None:
         report["trl"] = trl_result
         report["ratios"] = ratios(results, trl_result)
@@ -206,7 +235,8 @@ def _run(args, workdir: str) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(format_report(report))
-    return 0
+    # Running out of memory is a result; any other failure of a worker is an error.
+    return 1 if any(not f.get("out_of_memory") for f in failures.values()) else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

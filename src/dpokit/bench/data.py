@@ -6,7 +6,13 @@ reads), or, by default, pairs generated from the seed (:func:`generated_pairs`):
 those of an HH-RLHF sample (a prompt of about 120 tokens and a completion of about 45 with the
 benchmark's 8k BPE, long-tailed), so prompt sharing and packing meet the same proportions as on
 real dialogue data.
+
+``--sequence-length L`` makes every pair exactly ``L`` tokens (prompt + completion) instead:
+:func:`long_pairs` cuts prompts of ``L - C`` tokens and two different completions of ``C`` tokens
+(``--completion-length``, default ``L / 8``) out of the tokenized data read as one token stream,
+the shape of long-context preference data (a long conversation or document, a short answer).
 """
+
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import gc
 import math
 import os
 import random
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 GENERATED_PAIRS = 1600
 
@@ -93,6 +99,33 @@ def load_benchmark_data(path: Optional[str], seed: int):
     return load_examples(generated), f"generated ({GENERATED_PAIRS} HH-style pairs, seed {seed})"
 
 
+def long_pairs(tokenized: Sequence[Any], n: int, length: int, completion_length: int, bos: Optional[int],
+               rng: random.Random) -> List[list]:
+    """``n`` groups ``[index, prompt_ids, [chosen_ids, rejected_ids]]`` of exactly ``length`` tokens per
+    row: the examples' prompts and completions concatenated into one token stream (a leading BOS
+    dropped from each), a prompt of ``length - completion_length`` tokens (BOS first) and two
+    completions of ``completion_length`` tokens, each cut from the stream at a random offset."""
+    if not 0 < completion_length < length:
+        raise ValueError(f"--completion-length {completion_length} must lie between 0 and --sequence-length {length}")
+    stream: List[int] = []
+    for ex in tokenized:
+        stream.extend(ex.prompt_ids[1:] if bos is not None and ex.prompt_ids[:1] == [bos] else ex.prompt_ids)
+        stream.extend(ex.completions[0])
+    prompt_length = length - completion_length - (bos is not None)
+    if len(stream) < 2 * length:
+        raise ValueError(f"the data has {len(stream)} tokens, too few for pairs of {length} tokens")
+    groups = []
+    for index in range(n):
+        cut = lambda size: stream[(start := rng.randrange(len(stream) - size)):start + size]  # noqa: E731
+        prompt = ([bos] if bos is not None else []) + cut(prompt_length)
+        chosen = cut(completion_length)
+        rejected = cut(completion_length)
+        while rejected == chosen:
+            rejected = cut(completion_length)
+        groups.append([index, prompt, [chosen, rejected]])
+    return groups
+
+
 def prepare(args, workdir: str) -> Dict[str, Any]:
     """Tokenizer, tokenized batches, policy and reference weights saved under ``workdir``."""
     import torch
@@ -105,22 +138,34 @@ def prepare(args, workdir: str) -> Dict[str, Any]:
     for ex in examples:
         texts.extend(x for x in (ex.prompt, ex.chosen, ex.rejected) if isinstance(x, str))
     tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size)
-    tokenized, _ = tokenize_examples(examples, tokenizer, max_length=args.max_length)
     needed = (args.warmup + args.steps) * args.batch_size
-    if len(tokenized) < needed:
-        raise ValueError(f"{len(tokenized)} usable pairs, the benchmark needs {needed}")
     rng = random.Random(args.seed)
-    chosen = rng.sample(tokenized, needed)
-    batches = [[[ex.index, ex.prompt_ids, ex.completions] for ex in chosen[i:i + args.batch_size]]
-               for i in range(0, needed, args.batch_size)]
-    sizes = dict(vocab_size=len(tokenizer), hidden_size=args.hidden_size, num_layers=args.layers,
+    length = getattr(args, "sequence_length", None)
+    if length:
+        tokenized, _ = tokenize_examples(examples, tokenizer, max_length=max(args.max_length, 512))
+        completion = getattr(args, "completion_length", None) or max(1, length // 8)
+        groups = long_pairs(tokenized, needed, length, completion, tokenizer.bos_token_id, rng)
+    else:
+        tokenized, _ = tokenize_examples(examples, tokenizer, max_length=args.max_length)
+        if len(tokenized) < needed:
+            raise ValueError(f"{len(tokenized)} usable pairs, the benchmark needs {needed}")
+        groups = [[ex.index, ex.prompt_ids, ex.completions] for ex in rng.sample(tokenized, needed)]
+    batches = [groups[i:i + args.batch_size] for i in range(0, needed, args.batch_size)]
+    model_vocab = getattr(args, "model_vocab", None) or len(tokenizer)
+    if model_vocab < len(tokenizer):
+        raise ValueError(f"--model-vocab {model_vocab} is smaller than the tokenizer's vocabulary ({len(tokenizer)}); "
+                         "it must be at least as large")
+    sizes = dict(vocab_size=model_vocab, hidden_size=args.hidden_size, num_layers=args.layers,
                  num_heads=args.heads, intermediate_size=args.intermediate_size,
-                 max_position_embeddings=max(args.max_length, 512), tokenizer=tokenizer)
+                 max_position_embeddings=max(args.max_length, length or 0, 512), tokenizer=tokenizer,
+                 num_kv_heads=getattr(args, "kv_heads", None), arch=getattr(args, "arch", "llama"))
     policy = tiny_llama(seed=args.seed, **sizes)
     reference = tiny_llama(seed=args.seed + 1, **sizes)  # a different reference: the first loss is not log 2
     dirs = {}
     for name, model in (("policy", policy), ("reference", reference)):
         dirs[name] = os.path.join(workdir, name)
+        if args.dtype != "float32":  # the workers load this dtype: the same rounding, half the disk and load time
+            model.to(getattr(torch, args.dtype))
         model.save_pretrained(dirs[name], safe_serialization=True)
         tokenizer.save_pretrained(dirs[name])
     embedding = policy.get_input_embeddings().weight.numel()
@@ -130,4 +175,5 @@ def prepare(args, workdir: str) -> Dict[str, Any]:
     gc.collect()
     return {"source": source, "batches": batches, "dirs": dirs, "pad_id": tokenizer.pad_token_id,
             "params": params, "head_params": head_params, "total_params": params + embedding, "vocab": len(tokenizer),
+            "model_vocab": model_vocab,
             "width": args.hidden_size, "torch_threads": torch.get_num_threads()}

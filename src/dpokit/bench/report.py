@@ -62,6 +62,23 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def model_name(setup: Dict[str, Any]) -> str:
+    return {"llama": "Llama", "qwen2": "Qwen2"}.get(setup.get("arch", "llama"), setup.get("arch", "llama"))
+
+
+def heads(setup: Dict[str, Any]) -> str:
+    """``"14 heads (2 KV), "`` where the setup says so (older reports do not)."""
+    if "heads" not in setup or "kv_heads" not in setup:
+        return ""
+    kv = f" ({setup['kv_heads']} KV)" if setup["kv_heads"] != setup["heads"] else ""
+    return f"{setup['heads']} heads{kv}, "
+
+
+def vocab(setup: Dict[str, Any]) -> str:
+    model = setup.get("model_vocab") or setup["vocab_size"]
+    return str(model) if model == setup["vocab_size"] else f"{model} (tokenizer {setup['vocab_size']})"
+
+
 def format_report(report: Dict[str, Any]) -> str:
     """The report as the table ``dpokit bench`` prints."""
     m, s = report["machine"], report["setup"]
@@ -69,8 +86,10 @@ def format_report(report: Dict[str, Any]) -> str:
     lines = [
         f"dpokit bench on {m['device']} ({where}), torch {m['torch']}",
         f"data: {s['data']}; batch {s['batch_size']} pairs, max length {s['max_length']}, "
-        f"{s['steps']} measured steps after {s['warmup']} warm-up",
-        f"model: Llama {s['layers']} layers x {s['hidden_size']}, vocab {s['vocab_size']}, "
+        f"{s['steps']} measured steps after {s['warmup']} warm-up"
+        + (f"; every row {s['sequence_length']} tokens ({s['completion_length']} completion)"
+           if s.get("sequence_length") else ""),
+        f"model: {model_name(s)} {s['layers']} layers x {s['hidden_size']}, {heads(s)}vocab {vocab(s)}, "
         f"{s['parameters'] / 1e6:.2f}M parameters, {s['dtype']}, attention {s['attn']}",
         f"matmul peak: {report['matmul_peak_flops'] / 1e9:.1f} GFLOP/s ({s['dtype']}); step time: {s['clock']} clock, "
         f"fastest of {s['repeats']} run(s)",
@@ -93,12 +112,15 @@ def format_report(report: Dict[str, Any]) -> str:
         if ratio:
             line += f"{ratio['pairs_per_s']:>12.2f}x{ratio['peak_memory']:>10.2f}x"
         lines.append(line)
+    for label, f in report.get("failed", {}).items():
+        lines.append(f"{'TRL DPOTrainer' if label == 'trl' else label:<26}{'failed: ' + f['failed']}")
     if "reference_cache" in report:
         c = report["reference_cache"]
         lines.append(f"\nreference cache: built once in {c['build_seconds']:.1f} s for {c['examples']} examples "
                      "(not in the step times)")
-    first = next(iter(report["layouts"].values()))
-    lines.append(f"peak memory: {first['memory_method']}, above the process before the models were loaded")
+    first = next(iter(report["layouts"].values()), report.get("trl"))
+    if first is not None:
+        lines.append(f"peak memory: {first['memory_method']}, above the process before the models were loaded")
     lines.append("% peak: model FLOP/s (6N per trained token, 2N per reference token, attention included) over "
                  "the matmul peak; % peak*: the same with the LM head counted only where DPO needs it")
     return "\n".join(lines)

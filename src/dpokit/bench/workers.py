@@ -165,11 +165,34 @@ def trl_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
             "trl_version": trl.__version__, "optimizer": type(trainer.optimizer).__name__}
 
 
-WORKERS = {"dpokit": dpokit_worker, "trl": trl_worker}
+def memory_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Allocate and touch ``spec["bytes"]`` bytes with torch: checks what a worker may allocate
+    under ``memory_limit_gb`` (and how a worker that cannot is reported)."""
+    import torch
+
+    memory = PeakMemory("cpu")
+    block = torch.ones(int(spec["bytes"]), dtype=torch.uint8)
+    result = {"times": [], "losses": [], "peak_bytes": memory.peak_bytes(), "memory_method": memory.method,
+              "allocated": block.numel()}
+    del block
+    return result
+
+
+WORKERS = {"dpokit": dpokit_worker, "trl": trl_worker, "memory": memory_worker}
+
+
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "cannot allocate memory", "std::bad_alloc")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says an allocation failed (CPU or CUDA), rather than anything else."""
+    return isinstance(error, MemoryError) or any(text in str(error).lower() for text in OUT_OF_MEMORY)
 
 
 def run_worker(path: str) -> int:
-    """Run the worker the spec at ``path`` names (``kind``) and write its result to ``spec["result"]``."""
+    """Run the worker the spec at ``path`` names (``kind``) and write its result to ``spec["result"]``.
+
+    A worker that runs out of memory writes ``{"failed": ..., "out_of_memory": true}`` and exits 3."""
     quiet()
     with open(path) as handle:
         spec = json.load(handle)
@@ -177,22 +200,60 @@ def run_worker(path: str) -> int:
         import torch
 
         torch.set_num_threads(spec["threads"])
-    result = WORKERS[spec["kind"]](spec)
+    try:
+        result = WORKERS[spec["kind"]](spec)
+    except Exception as error:  # noqa: BLE001 (MemoryError included; anything else is re-raised)
+        if not is_out_of_memory(error):
+            raise
+        result = {"failed": f"out of memory: {type(error).__name__}: {str(error).splitlines()[0][:300]}",
+                  "out_of_memory": True}
+        with open(spec["result"], "w") as handle:
+            json.dump(result, handle)
+        return 3
     with open(spec["result"], "w") as handle:
         json.dump(result, handle)
     return 0
 
 
+def _limit_memory(gigabytes: float):
+    """A ``preexec_fn`` that caps the child's address space (RLIMIT_AS) at ``gigabytes``."""
+    def apply() -> None:
+        import resource
+
+        limit = int(gigabytes * 2 ** 30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+def failure(returncode: int, stderr: str, label: str) -> Dict[str, Any]:
+    """The result of a worker that exited with ``returncode`` without writing one."""
+    if returncode < 0:
+        import signal
+
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        if -returncode == getattr(signal, "SIGKILL", 9):  # what the Linux out-of-memory killer sends
+            return {"failed": f"killed by {name} (on Linux, the out-of-memory killer)", "out_of_memory": True,
+                    "signal": -returncode}
+        return {"failed": f"killed by {name}", "out_of_memory": False, "signal": -returncode}
+    oom = any(text in stderr.lower() for text in OUT_OF_MEMORY)
+    return {"failed": f"worker {label!r} exited with status {returncode}" + (" (out of memory)" if oom else ""),
+            "out_of_memory": oom, "stderr": stderr[-4000:]}
+
+
 def spawn(spec: Dict[str, Any], workdir: str, label: str) -> Dict[str, Any]:
-    """Run ``spec`` in a fresh Python process and return its result."""
+    """Run ``spec`` in a fresh Python process and return its result, or, where the process ran out
+    of memory, was killed or failed, ``{"failed": reason, "out_of_memory": bool, ...}``."""
     spec_path = os.path.join(workdir, f"spec-{label}.json")
     spec["result"] = os.path.join(workdir, f"result-{label}.json")
     with open(spec_path, "w") as handle:
         json.dump(spec, handle)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    limit = spec.get("memory_limit_gb")
     proc = subprocess.run([sys.executable, "-m", "dpokit.bench", "--worker", spec_path], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker {label!r} failed:\n{proc.stderr[-4000:]}")
-    with open(spec["result"]) as handle:
-        return json.load(handle)
+                          capture_output=True, text=True, preexec_fn=_limit_memory(limit) if limit else None)
+    if os.path.exists(spec["result"]):
+        with open(spec["result"]) as handle:
+            result = json.load(handle)
+        if proc.returncode == 0 or "failed" in result:
+            return result
+    return failure(proc.returncode, proc.stderr, label)
