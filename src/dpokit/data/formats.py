@@ -506,6 +506,10 @@ def load_examples(source: Any, kind: str = "pairs", split: str = "train", limit:
 
 def _parse_record(location: str, record: Dict[str, Any], kind: str) -> list:
     found = detect_kind(record)
+    if kind == "pairs" and found == "unknown" and ("chosen_step" in record or "rejected_step" in record):
+        from .steps import parse_step_pair  # a step pair (dpokit.data.steps): the step scorer tokenizes it
+
+        return [parse_step_pair(location, record)]
     if kind == "pairs":
         if found != "pairs" and ("chosen" in record or "rejected" in record):
             return [parse_pair(location, record)]  # names the missing field

@@ -70,7 +70,7 @@ class Trainer(CheckpointingMixin):
             model, tokenizer = load_policy(config)
         self.tokenizer = tokenizer
         self.vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)  # may exceed len(tokenizer)
-        self.scorer = build_scorer(config, self.loss_fn.needs, tokenizer, model)
+        self.scorer = build_scorer(config, self.loss_fn.needs, tokenizer, model, kind=config.train.scorer)
         if scorer_wrapper is not None:
             self.scorer = scorer_wrapper(self.scorer)
         self._load_data()  # train_examples, eval_examples, data_plan, data_report
@@ -179,7 +179,8 @@ class Trainer(CheckpointingMixin):
 
     def _load_data(self):
         self.train_examples, self.eval_examples, self.data_plan, self.data_report = load_run_data(
-            self.config.data, self.config.train.seed, self.loss_fn.needs.data, self.tokenize)
+            self.config.data, self.config.train.seed, self.loss_fn.needs.data, self.tokenize,
+            getattr(self.scorer, "prepare_examples", None))  # e.g. the step scorer: step pairs -> token ids
         logger.info("data: %s; %s", self.data_report["load"], self.data_report["tokenize"])
         labels = [ex.label for ex in self.train_examples] if self.loss_fn.needs.data == "unpaired" else None
         for message in self.loss_fn.check_data(labels):  # e.g. KTO's class balance
