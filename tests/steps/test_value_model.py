@@ -42,8 +42,8 @@ def test_values_are_aligned_with_the_response_tokens_and_train():
         assert torch.all(values[0, k, len(completion):] == 0)
     assert steps[0, 0, :len(completions[0])].max() == 1 and steps[0, 2].max() == 0 and steps[1, 2].max() == -1
     whole = list(prompt) + list(completions[0])  # ends with EOS: its state value is V(s_{T-1}), before EOS
-    assert abs(value.state_values([whole], [True])[0] - float(values[0, 0, len(completions[0]) - 1])) < 1e-5
-    assert abs(value.state_values([whole[:-1]], [False])[0] - float(values[0, 0, len(completions[0]) - 1])) < 1e-5
+    assert abs(value.state_values([whole], [True])[0] - float(values[0, 0, len(completions[0]) - 1].detach())) < 1e-5
+    assert abs(value.state_values([whole[:-1]], [False])[0] - float(values[0, 0, len(completions[0]) - 1].detach())) < 1e-5
     out = get_loss("oreo", level="step")(inputs)
     out.loss.mean().backward()
     assert value.head.weight.grad.abs().sum() > 0  # the value loss reaches the value model
