@@ -408,7 +408,8 @@ class LoadReport:
 
 # Fields some format reads, and text/metadata columns common in public preference datasets that
 # dpokit knowingly drops. Any other non-numeric column is an "extra column" (see load_examples).
-READ_FIELDS = frozenset(PAIR_FIELDS + UNPAIRED_FIELDS + LIST_FIELDS)
+STEP_PAIR_FIELDS = ("prefix_steps", "chosen_step", "rejected_step", "chosen_final", "rejected_final")  # data.steps
+READ_FIELDS = frozenset(PAIR_FIELDS + UNPAIRED_FIELDS + LIST_FIELDS + STEP_PAIR_FIELDS)
 METADATA_COLUMNS = frozenset((
     "id", "uid", "idx", "index", "prompt_id", "example_id", "source", "dataset", "data_source", "category",
     "subset", "split", "language", "lang", "task", "domain", "model", "chosen_model", "rejected_model",
