@@ -7,7 +7,9 @@ held-out problems):
 (a) **Step-level DPO from search beats outcome-level DPO at the same number of generated tokens**
     (Xie et al. 2024, MCTS-DPO, arXiv 2405.00451). Step pairs: MCTS-DPO trees of the warm-up policy on the
     first 150 training problems (``n_iters 4``, the step verifier as evaluator: the programmatic-checker
-    ablation), ``step_dpo`` with visit-count smoothing, trained from the step-pair file through
+    ablation; the rest of the gold solution joins the candidates where the prefix follows it, the
+    released ``include_gt`` default; the tokens of the gold candidates are not generated and not counted),
+    ``step_dpo`` with visit-count smoothing, trained from the step-pair file through
     ``train.scorer: steps``. Outcome pairs: solutions sampled from the warm-up policy (2 per problem,
     round-robin over the training problems) until they hold as many generated tokens as the search
     generated (every token of every expansion counts, EOS included), then the demo's outcome pairs (a
@@ -85,7 +87,8 @@ def search_pairs(model, tokenizer, task, problems, seed, s: Settings):
                              outcome=lambda p, st: verdict(p, st).outcome, decode=decode,
                              gold=lambda p: task.problem_of(p).gold())
     sampler = StepSampler(model, sep, tokenizer.eos_token_id, max_step_tokens=12, seed=seed)
-    search = MCTS(sampler, search_task, tokenizer, SearchConfig(n_iters=s.n_iters, depth_limit=task.n_ops + 2, seed=seed))
+    config = SearchConfig(n_iters=s.n_iters, depth_limit=task.n_ops + 2, include_gold=True, seed=seed)
+    search = MCTS(sampler, search_task, tokenizer, config)
     pairs = []
     for problem in problems:
         pairs += search.pairs(search.search(task.prompt(problem)))
@@ -234,6 +237,7 @@ def main(argv=None):
     record["per_seed"] = per_seed
     with open(os.path.join(args.out, "claim.json"), "w") as handle:
         json.dump(record, handle, indent=2)
+    return record
 
 
 if __name__ == "__main__":
