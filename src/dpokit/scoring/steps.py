@@ -21,8 +21,9 @@ Why a wrapper writing a token statistic, and not a new ``Needs`` field or a new 
 index is a per-token tensor like the statistics ``token_stats`` already carries, so ``LossInputs``,
 ``Needs``, the engine, the layouts, the reference objects and the trainer stay as they are; a loss
 that reads ``step_index`` and finds none (the plain LM scorer) treats the whole completion as one
-step, which is exactly right for single-step pairs. The scorer is registered as kind ``"steps"``
-for callers that build scorers by kind.
+step, which is exactly right for single-step pairs. The scorer is registered as kind ``"steps"``:
+``train.scorer: steps`` (with ``train.step_separator``) selects it from a config, and its
+``prepare_examples`` turns step-pair records (``data.kind: pairs``) into token-id pairs before tokenization.
 """
 
 from __future__ import annotations
