@@ -126,6 +126,8 @@ class TrainConfig:
     report_to: List[str] = field(default_factory=lambda: ["tensorboard"])
     progress_bar: bool = True
     monitor: Any = False  # true or {every, examples, judge, ...}: over-optimisation indicators (dpokit.train.monitor)
+    scorer: Optional[str] = None  # a registered scorer kind (dpokit.scoring); None: the model family's; steps: step-level losses
+    step_separator: str = "\n"  # scorer steps: the text that ends a reasoning step
 
 
 @dataclass
@@ -313,6 +315,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"reference.sync_alpha: must be in (0, 1], got {r.sync_alpha}")
     if len(t.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in t.adam_betas):
         raise ConfigError(f"train.adam_betas: must be two numbers in [0, 1), got {t.adam_betas}")
+    if not t.step_separator:
+        raise ConfigError("train.step_separator: must not be empty (the text that ends a step, e.g. \"\\n\" or \";\")")
     if r.kind == "path" and not r.path:
         raise ConfigError("reference.path: required when reference.kind is 'path'")
     if r.path and r.kind not in ("path", "auto"):

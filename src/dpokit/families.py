@@ -92,7 +92,8 @@ class CausalLMFamily:
         from .data.build import load_run_data
 
         return load_run_data(trainer.config.data, trainer.config.train.seed, trainer.loss_fn.needs.data,
-                             trainer.tokenize, self.read)
+                             trainer.tokenize, self.read,
+                             getattr(trainer.scorer, "prepare_examples", None))  # the step scorer: step pairs -> ids
 
     def collate(self, trainer, examples, training: bool = True):
         return self.batch(examples, trainer.loss_fn.needs.data)

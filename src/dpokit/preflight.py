@@ -24,6 +24,7 @@ from .losses import build_loss
 from .losses.checks import check_loss
 from .online.catalog import STRATEGIES, check_options
 from .preference.judges import JUDGES
+from .scoring import check_scorer
 from .scoring.lm.layouts import LAYOUTS
 
 
@@ -43,6 +44,10 @@ def check_run(config: Config) -> RunPlan:
     resolve_mixed_precision(t.mixed_precision)  # fp16 without a GPU fails here
     loss = checked_loss(config.loss)
     _check_data_kind(config, loss)
+    try:  # the scorer kind and what it can serve (scorer registry, dpokit.scoring)
+        check_scorer(config, loss.needs)
+    except ValueError as err:
+        raise ConfigError(f"train.scorer: {err}") from None
     _check_reference(config, loss)
     _check_curriculum(config, loss)
     model_family(config.model.kind).check(config)  # model paths: dpokit.families

@@ -112,6 +112,8 @@ def make_full_inputs(batch: int = 4, T: int = 6, seed: int = 0, dtype=torch.floa
                    "step_rewards": 0.1 * torch.randn(batch, K, steps, generator=pg, dtype=dtype),
                    "step_mask": torch.ones(batch, K, steps, dtype=torch.bool),
                    "token_step": torch.where(list_token_mask, token_step, -1).to(dtype)})
+    value_stream = torch.Generator().manual_seed(seed + 49979687)  # own stream, as above
+    extras["list_values"] = torch.rand(batch, K, T, generator=value_stream, dtype=dtype) * list_token_mask.to(dtype)
     return LossInputs(
         policy_chosen_logps=ptw.sum(-1),
         policy_rejected_logps=ptl.sum(-1),

@@ -37,6 +37,7 @@ EXPECTED = {
     "copo": "policy_gradient",
     "oprl_prm": "process_reward", "oprl": "process_reward",
     "step_dpo": "step_level",
+    "oreo": "value",
 }
 
 TRL_NAMES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",

@@ -312,19 +312,20 @@ def prepare_examples(examples: Sequence, data, loss_data: str, training: bool = 
     return out, plan
 
 
-def load_run_data(d, seed: int, data_kind: str, tokenize, load=None) -> Tuple[list, list, DataPlan, Dict[str, str]]:
+def load_run_data(d, seed: int, data_kind: str, tokenize, load=None, prepare=None) -> Tuple[list, list, DataPlan, Dict[str, str]]:
     """A run's tokenized ``(train, eval, plan, report)`` from its ``data`` section: records loaded and
     checked, the eval set (``data.eval``, or ``eval_fraction`` held out with ``seed``), lists turned into
     pairs for a pairwise loss (``data_kind``: what the loss trains on), label noise, curriculum stages,
     then ``tokenize(examples) -> (tokenized, report)``. Eval positions follow the training positions, so
     one reference cache holds both. ``load``: the record reader (default :func:`load_examples`; vision
-    data: :func:`dpokit.data.vision.load_vision_examples`)."""
+    data: :func:`dpokit.data.vision.load_vision_examples`). ``prepare(examples) -> examples`` (the
+    scorer's ``prepare_examples``) runs on the loaded records first (step pairs -> token-id pairs)."""
     load_examples_ = load or load_examples
     report = LoadReport()
-    examples = load_examples_(d.train, d.kind, d.split, d.limit, d.on_bad_content, report,
-                             on_extra_columns=d.on_extra_columns)
-    eval_examples = (load_examples_(d.eval, d.kind, d.split, None, d.on_bad_content,
-                                   on_extra_columns=d.on_extra_columns) if d.eval else [])
+    examples = _prepared(load_examples_(d.train, d.kind, d.split, d.limit, d.on_bad_content, report,
+                                        on_extra_columns=d.on_extra_columns), prepare)
+    eval_examples = (_prepared(load_examples_(d.eval, d.kind, d.split, None, d.on_bad_content,
+                                              on_extra_columns=d.on_extra_columns), prepare) if d.eval else [])
     if not eval_examples and d.eval_fraction > 0:
         perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
         n_eval = max(1, int(len(examples) * d.eval_fraction))
@@ -340,3 +341,15 @@ def load_run_data(d, seed: int, data_kind: str, tokenize, load=None) -> Tuple[li
     if not train:
         raise ValueError("no training examples remain after tokenization: " + train_report.summary())
     return train, evaluation, plan, {"load": report.summary(), "tokenize": train_report.summary()}
+
+
+def _prepared(examples: list, prepare) -> list:
+    """``prepare(examples)`` when given; a step pair left over (no step scorer) stops the run here."""
+    from .steps import StepPair
+
+    out = prepare(examples) if prepare is not None else examples
+    for ex in out:
+        if isinstance(ex, StepPair):
+            raise DataError(ex.location, "chosen_step", "is a step pair, which the configured scorer cannot read",
+                            "set train.scorer: steps (and train.step_separator) to train on step pairs")
+    return list(out)

@@ -408,7 +408,8 @@ class LoadReport:
 
 # Fields some format reads, and text/metadata columns common in public preference datasets that
 # dpokit knowingly drops. Any other non-numeric column is an "extra column" (see load_examples).
-READ_FIELDS = frozenset(PAIR_FIELDS + UNPAIRED_FIELDS + LIST_FIELDS)
+STEP_PAIR_FIELDS = ("prefix_steps", "chosen_step", "rejected_step", "chosen_final", "rejected_final")  # data.steps
+READ_FIELDS = frozenset(PAIR_FIELDS + UNPAIRED_FIELDS + LIST_FIELDS + STEP_PAIR_FIELDS)
 METADATA_COLUMNS = frozenset((
     "id", "uid", "idx", "index", "prompt_id", "example_id", "source", "dataset", "data_source", "category",
     "subset", "split", "language", "lang", "task", "domain", "model", "chosen_model", "rejected_model",
@@ -506,6 +507,10 @@ def load_examples(source: Any, kind: str = "pairs", split: str = "train", limit:
 
 def _parse_record(location: str, record: Dict[str, Any], kind: str) -> list:
     found = detect_kind(record)
+    if kind == "pairs" and found == "unknown" and ("chosen_step" in record or "rejected_step" in record):
+        from .steps import parse_step_pair  # a step pair (dpokit.data.steps): the step scorer tokenizes it
+
+        return [parse_step_pair(location, record)]
     if kind == "pairs":
         if found != "pairs" and ("chosen" in record or "rejected" in record):
             return [parse_pair(location, record)]  # names the missing field

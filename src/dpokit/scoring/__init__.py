@@ -41,7 +41,7 @@ The reference is opaque to the trainer: the scorer and the reference objects of
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Protocol, runtime_checkable
+from typing import Any, Callable, Dict, List, Optional, Protocol, runtime_checkable
 
 from ..losses import LossInputs, Needs
 from .lm.engine import LogProbEngine
@@ -70,17 +70,37 @@ class Scorer(Protocol):
 
 
 SCORERS: Dict[str, Callable[..., Scorer]] = {}
+SCORER_CHECKS: Dict[str, Callable[..., None]] = {}
 
 
-def register_scorer(name: str):
+def register_scorer(name: str, check: Optional[Callable[..., None]] = None):
     """Register a scorer factory ``factory(config, needs, tokenizer, model) -> Scorer`` under ``name``;
-    the factory raises :class:`~dpokit.errors.ConfigError` for a model or layout it cannot serve."""
+    the factory raises :class:`~dpokit.errors.ConfigError` for a model or layout it cannot serve.
+    ``check(config, needs)`` (optional) refuses, before any model loads, a run the scorer cannot serve
+    (raising ``ValueError`` with the reason); :func:`check_scorer` runs it.
+
+    A scorer may also offer ``prepare_examples(examples) -> examples``: the trainer passes the loaded
+    records through it before tokenization (the step scorer turns step pairs into token-id pairs)."""
 
     def decorator(factory):
         SCORERS[name] = factory
+        if check is not None:
+            SCORER_CHECKS[name] = check
         return factory
 
     return decorator
+
+
+def check_scorer(config, needs: Needs) -> None:
+    """``train.scorer`` names a registered kind and its check accepts the run (``ValueError`` otherwise)."""
+    kind = config.train.scorer
+    if kind is None:  # the model family's own scorer
+        return
+    if kind not in SCORERS:
+        raise ValueError(f"{kind!r} is not one of {', '.join(sorted(SCORERS))}")
+    check = SCORER_CHECKS.get(kind)
+    if check is not None:
+        check(config, needs)
 
 
 @register_scorer("causal_lm")

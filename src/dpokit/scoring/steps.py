@@ -21,16 +21,18 @@ Why a wrapper writing a token statistic, and not a new ``Needs`` field or a new 
 index is a per-token tensor like the statistics ``token_stats`` already carries, so ``LossInputs``,
 ``Needs``, the engine, the layouts, the reference objects and the trainer stay as they are; a loss
 that reads ``step_index`` and finds none (the plain LM scorer) treats the whole completion as one
-step, which is exactly right for single-step pairs. The scorer is registered as kind ``"steps"``
-for callers that build scorers by kind.
+step, which is exactly right for single-step pairs. The scorer is registered as kind ``"steps"``:
+``train.scorer: steps`` (with ``train.step_separator``) selects it from a config, and its
+``prepare_examples`` turns step-pair records (``data.kind: pairs``) into token-id pairs before tokenization.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import torch
 
+from ..errors import ConfigError
 from ..losses import LossInputs
 from . import register_scorer
 from .lm.engine import LogProbEngine
@@ -77,11 +79,23 @@ def segment_sums(token_logps: torch.Tensor, index: torch.Tensor, mask: torch.Ten
 class StepScorer:
     """Any LM scorer plus per-token step indices (``token_stats[which + "/step_index"]``)."""
 
-    def __init__(self, inner, separator_ids: Iterable[int]):
+    def __init__(self, inner, separator_ids: Iterable[int], tokenizer=None, separator: Optional[str] = None):
         self.inner = inner
         self.separator_ids = sorted(set(int(i) for i in separator_ids))
         if not self.separator_ids:
             raise ValueError("the step scorer needs at least one separator token id")
+        self.tokenizer, self.separator = tokenizer, separator
+
+    def prepare_examples(self, examples: Sequence) -> list:
+        """Step pairs (:class:`~dpokit.data.steps.StepPair`, as ``data.kind: pairs`` reads step-pair
+        records) become token-id preference pairs (:func:`~dpokit.data.steps.step_pair_as_pair`, steps
+        joined by the separator); other examples pass unchanged."""
+        from ..data.steps import StepPair, step_pair_as_pair
+
+        if any(isinstance(ex, StepPair) for ex in examples) and (self.tokenizer is None or not self.separator):
+            raise ValueError("StepScorer.prepare_examples needs the tokenizer and the separator text")
+        return [step_pair_as_pair(ex, self.tokenizer, self.separator) if isinstance(ex, StepPair) else ex
+                for ex in examples]
 
     @property
     def needs(self):
@@ -127,9 +141,20 @@ def separator_ids(tokenizer, separator: str = DEFAULT_SEPARATOR) -> List[int]:
     return sorted(found)
 
 
-@register_scorer("steps")
+def _check_steps(config, needs) -> None:
+    """``train.scorer: steps`` serves pairwise losses (step pairs are pairs) on ``data.kind: pairs``."""
+    if needs.data != "pairs" or config.data.kind != "pairs":
+        raise ValueError(f"'steps' scores step pairs: it needs a pairwise loss and data.kind: pairs (the loss "
+                         f"trains on {needs.data}, data.kind is {config.data.kind!r})")
+
+
+@register_scorer("steps", check=_check_steps)
 def _step_scorer(config, needs, tokenizer, model) -> StepScorer:
     check_layout(model, config.train.layout)
     separator = getattr(config.train, "step_separator", None) or DEFAULT_SEPARATOR
     inner = LogProbEngine(needs, tokenizer.pad_token_id, config.train.layout, config.train.chunk_size)
-    return StepScorer(inner, separator_ids(tokenizer, separator))
+    try:
+        ids = separator_ids(tokenizer, separator)
+    except ValueError as err:
+        raise ConfigError(f"train.step_separator: {err}") from None
+    return StepScorer(inner, ids, tokenizer, separator)

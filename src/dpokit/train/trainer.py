@@ -70,7 +70,9 @@ class Trainer(CheckpointingMixin):
             model, tokenizer = self.family.load_policy(config)
         self.tokenizer = tokenizer
         self.vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)  # may exceed len(tokenizer)
-        self.scorer = build_scorer(config, self.loss_fn.needs, tokenizer, model, kind=self.family.scorer)
+        # the scorer: train.scorer when given (steps: step-level losses), else the model family's
+        self.scorer = build_scorer(config, self.loss_fn.needs, tokenizer, model,
+                                   kind=config.train.scorer or self.family.scorer)
         if scorer_wrapper is not None:
             self.scorer = scorer_wrapper(self.scorer)
         self._load_data()  # train_examples, eval_examples, data_plan, data_report

@@ -15,7 +15,12 @@ __all__ = ["ImageEmbeddingBackbone", "VisionLogProbEngine", "check_vision_model"
 def _register() -> None:
     from .. import register_scorer
 
-    @register_scorer("vlm")
+    def check(config, needs) -> None:
+        if config.model.kind != "vlm":
+            raise ValueError("'vlm' scores image-text models: it is model.kind: vlm's own scorer "
+                             "(leave train.scorer unset)")
+
+    @register_scorer("vlm", check=check)
     def _vlm_scorer(config, needs, processor, model):
         """``processor``: the model's processor (its tokenizer gives the pad id)."""
         check_vision_model(model)
