@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from dpokit.data.steps import (StepPair, load_step_pairs, load_trajectories, pair_records, step_pair_as_pair,
-                               steps_text)
+from dpokit.data.step_pairs import pair_records, step_pair_as_pair
+from dpokit.data.steps import StepPair, load_step_pairs, load_trajectories, steps_text
 from dpokit.errors import DataError
 from dpokit.tasks.arithmetic import STEP_SEPARATOR, ArithmeticTask
 from dpokit.tiny import train_tokenizer

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from dpokit.data import collate, tokenize_examples
-from dpokit.data.steps import StepPair, step_pair_as_pair
+from dpokit.data.step_pairs import step_pair_as_pair
+from dpokit.data.steps import StepPair
 from dpokit.losses import Needs, get_loss
 from dpokit.scoring import build_scorer
 from dpokit.scoring.lm.engine import LogProbEngine

@@ -78,7 +78,7 @@ def test_step_pairs_become_token_id_pairs_with_step_boundaries(tmp_path, model_d
 
         return tokenize_examples(examples, tokenizer, 64)
 
-    train, _, _, _ = load_run_data(config.data, 0, "pairs", tokenize, scorer.prepare_examples)
+    train, _, _, _ = load_run_data(config.data, 0, "pairs", tokenize, prepare=scorer.prepare_examples)
     sep = tokenizer.convert_tokens_to_ids(";")
     first = train[0]
     chosen, rejected = first.completions

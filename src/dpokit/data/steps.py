@@ -22,7 +22,7 @@ number. Other numeric fields travel as ``extras``.
 
 ``chosen_step`` / ``rejected_step`` is one step or a list of steps (a step plus its continuation,
 as tree search gives them). A step pair *is* a preference pair whose prompt is the prompt followed
-by the prefix steps: :func:`step_pair_as_pair` gives the :class:`~dpokit.data.formats.PreferencePair`
+by the prefix steps: :func:`dpokit.data.step_pairs.step_pair_as_pair` gives the :class:`~dpokit.data.formats.PreferencePair`
 (with token ids, so non-final completions carry no EOS) that every pairwise path (tokenization,
 prompt-shared layout, the LM scorer, any pairwise loss) then trains on unchanged.
 
@@ -37,11 +37,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..errors import DataError
 from .files import iter_records
-from .formats import PreferencePair
 
 TRAJECTORY_FIELDS = ("prompt", "steps", "step_labels", "step_rewards", "outcome")
 STEP_PAIR_FIELDS = ("prompt", "prefix_steps", "chosen_step", "rejected_step", "chosen_final", "rejected_final")
@@ -205,39 +204,6 @@ def steps_text(steps: Sequence[str], separator: str, final: bool) -> str:
     if steps:
         text += f" {steps[-1]}" + ("" if final else f" {separator}")
     return text
-
-
-def step_pair_as_pair(pair: StepPair, tokenizer, separator: str) -> PreferencePair:
-    """The preference pair of a step pair: prompt = prompt + prefix steps; completions with token ids
-    (EOS only after a final completion), so tokenization keeps the step boundaries as written."""
-    prompt = pair.prompt + steps_text(pair.prefix_steps, separator, final=False)
-    chosen = steps_text(pair.chosen, separator, pair.chosen_final)
-    rejected = steps_text(pair.rejected, separator, pair.rejected_final)
-    eos = tokenizer.eos_token_id
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    chosen_ids, rejected_ids = tokenizer([chosen, rejected], add_special_tokens=False)["input_ids"]
-    if pair.chosen_final:
-        chosen_ids = chosen_ids + [eos]
-    if pair.rejected_final:
-        rejected_ids = rejected_ids + [eos]
-    for name, ids in (("chosen_step", chosen_ids), ("rejected_step", rejected_ids)):
-        if not ids:
-            raise DataError(pair.location, name, "tokenizes to no tokens")
-    if chosen_ids == rejected_ids:
-        raise DataError(pair.location, "rejected_step", "tokenizes to the same ids as chosen_step")
-    out = PreferencePair(prompt, chosen, rejected, dict(pair.extras), pair.location)
-    out.prompt_ids, out.chosen_ids, out.rejected_ids = prompt_ids, chosen_ids, rejected_ids
-    return out
-
-
-def pair_records(pairs: Iterable[StepPair], tokenizer, separator: str) -> List[Dict[str, Any]]:
-    """Pair records (text and token ids) that ``data.kind: pairs`` reads, one per step pair."""
-    rows = []
-    for pair in pairs:
-        p = step_pair_as_pair(pair, tokenizer, separator)
-        rows.append({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "prompt_ids": p.prompt_ids,
-                     "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids, **p.extras})
-    return rows
 
 
 StepRecord = Union[StepTrajectory, StepPair]

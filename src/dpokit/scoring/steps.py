@@ -1,7 +1,7 @@
 """The step scorer: LM log-probs summed per reasoning step, for policy and reference.
 
 A step pair is a prompt-shared pair whose prompt is the question followed by the prefix steps
-(:func:`dpokit.data.steps.step_pair_as_pair`), so the LM scorer (:class:`~dpokit.scoring.lm.engine.LogProbEngine`,
+(:func:`dpokit.data.step_pairs.step_pair_as_pair`), so the LM scorer (:class:`~dpokit.scoring.lm.engine.LogProbEngine`,
 any layout, ``prompt_shared`` included) already gives every log-prob a step-level loss needs. The
 one thing it does not give is *where each step ends* inside a completion that holds several steps
 (a tree-search child with its continuation, a whole trajectory). :class:`StepScorer` adds that and
@@ -88,9 +88,10 @@ class StepScorer:
 
     def prepare_examples(self, examples: Sequence) -> list:
         """Step pairs (:class:`~dpokit.data.steps.StepPair`, as ``data.kind: pairs`` reads step-pair
-        records) become token-id preference pairs (:func:`~dpokit.data.steps.step_pair_as_pair`, steps
+        records) become token-id preference pairs (:func:`~dpokit.data.step_pairs.step_pair_as_pair`, steps
         joined by the separator); other examples pass unchanged."""
-        from ..data.steps import StepPair, step_pair_as_pair
+        from ..data.step_pairs import step_pair_as_pair
+        from ..data.steps import StepPair
 
         if any(isinstance(ex, StepPair) for ex in examples) and (self.tokenizer is None or not self.separator):
             raise ValueError("StepScorer.prepare_examples needs the tokenizer and the separator text")

@@ -30,7 +30,8 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-from ..data.steps import StepPair, pair_records, steps_text
+from ..data.step_pairs import pair_records
+from ..data.steps import StepPair, steps_text
 from ..io import write_jsonl
 from ..paths import safe_join
 from ..sampling import HFSampler, SamplingConfig
