@@ -370,9 +370,9 @@ def format_report(report: Dict[str, Any]) -> str:
         f"dpokit bench --modality vlm on {m['device']} ({where}), torch {m['torch']}",
         f"model: {s['model']}: Llama {s['layers']} x {s['hidden_size']}, vision {s['vision_layers']} x "
         f"{s['vision_hidden']} (frozen), {s['parameters'] / 1e6:.2f}M parameters, {s['dtype']}, attention {s['attn']}",
-        f"data: {s["image_size"]}px images, {s["image_tokens_per_image"]} image tokens each, rows of "
-        f"{s["mean_row_tokens"]:.0f} tokens on average (prompt + completion); batch {s['batch_size']} pairs, {s['steps']} measured steps "
-        f"after {s['warmup']} warm-up; {s['clock']} clock, fastest of {s['repeats']} run(s)",
+        f"data: {s['image_size']}px images, {s['image_tokens_per_image']} image tokens each, rows of "
+        f"{s['mean_row_tokens']:.0f} tokens on average (prompt + completion); batch {s['batch_size']} pairs, "
+        f"{s['steps']} measured steps after {s['warmup']} warm-up; {s['clock']} clock, fastest of {s['repeats']} run(s)",
         "",
     ]
     rows = list(report["layouts"].items()) + ([("TRL DPOTrainer", report["trl"])] if "trl" in report else [])
