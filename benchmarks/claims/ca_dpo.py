@@ -169,10 +169,13 @@ def greedy(model, processor, images, prompt, max_new=16):
     inputs = processor(images=list(images), text=[text] * len(images), add_special_tokens=False, return_tensors="pt")
     ids, eos = inputs["input_ids"], processor.tokenizer.eos_token_id
     start = ids.shape[1]
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     model.eval()
     with torch.no_grad():
         for _ in range(max_new):
-            step = model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[:, -1].argmax(-1, keepdim=True)
+            logits = model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[:, -1]
+            logits[:, image_id] = float("-inf")  # an answer holds no image placeholder
+            step = logits.argmax(-1, keepdim=True)
             ids = torch.cat([ids, step], dim=1)
             if bool((ids[:, start:] == eos).any(1).all()):
                 break
