@@ -63,6 +63,9 @@ DEFAULT_LAYOUTS = ("padded", "packed", "prompt_shared")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--modality", choices=("text", "vlm"), default="text",
+                        help="text: a tiny Llama on text pairs (default); vlm: a tiny Llava on image + text pairs "
+                             "(dpokit.bench.vlm)")
     parser.add_argument("--data", default=None, metavar="PATH",
                         help=f"preference pairs (JSONL or any format dpokit reads); default: {GENERATED_PAIRS} "
                              "HH-style dialogue pairs generated from --seed")
@@ -113,6 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    from . import vlm
+
+    vlm.add_arguments(parser)
 
 
 def run(args) -> int:
@@ -137,6 +143,11 @@ def run(args) -> int:
 
 def _run(args, workdir: str) -> int:
     import torch
+
+    if getattr(args, "modality", "text") == "vlm":
+        from . import vlm
+
+        return vlm.run(args, workdir)
 
     if args.threads:
         torch.set_num_threads(args.threads)
