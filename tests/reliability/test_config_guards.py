@@ -18,15 +18,13 @@ def no_model_loading(monkeypatch):
     """Any attempt to load a model (or tokenizer) fails the test."""
     import transformers
 
-    from dpokit import models
-    from dpokit.train import trainer  # imported first, so its own names can be patched (and restored)
+    from dpokit import models  # the model families import its loaders when they load (dpokit.families)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was loaded although the config is invalid")
 
     for name in ("load_causal_lm", "load_policy", "load_tokenizer"):
         monkeypatch.setattr(models, name, forbidden)
-    monkeypatch.setattr(trainer, "load_policy", forbidden)  # the trainer's own binding of models.load_policy
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", forbidden)
 
 
