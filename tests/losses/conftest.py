@@ -40,6 +40,12 @@ EXTRA_KEYS = (
     "step_rewards",
     "step_mask",
     "token_step",
+    # diffusion losses (dpokit.losses.diffusion)
+    "chosen_score",
+    "rejected_score",
+    "segment_policy_logps",
+    "segment_reference_logps",
+    "segment_labels",
 )
 TOKEN_STATS = ("ref_kl", "sum_p2", "entropy")
 
@@ -114,6 +120,16 @@ def make_full_inputs(batch: int = 4, T: int = 6, seed: int = 0, dtype=torch.floa
                    "token_step": torch.where(list_token_mask, token_step, -1).to(dtype)})
     value_stream = torch.Generator().manual_seed(seed + 49979687)  # own stream, as above
     extras["list_values"] = torch.rand(batch, K, T, generator=value_stream, dtype=dtype) * list_token_mask.to(dtype)
+    diffusion = torch.Generator().manual_seed(seed + 86028121)  # own stream, as above
+    segments = 3
+    labels_f = torch.randint(-1, 2, (batch, segments), generator=diffusion).to(dtype)
+    labels_f[:, 0] = 1.0  # every example has a labelled segment
+    extras.update({"chosen_score": 0.11 + 0.17 * torch.rand(batch, generator=diffusion, dtype=dtype),
+                   "rejected_score": 0.11 + 0.17 * torch.rand(batch, generator=diffusion, dtype=dtype),
+                   "segment_policy_logps": -0.2 * torch.rand(batch, 2, segments, generator=diffusion, dtype=dtype),
+                   "segment_reference_logps": -0.2 * torch.rand(batch, 2, segments, generator=diffusion,
+                                                                dtype=dtype),
+                   "segment_labels": labels_f})
     return LossInputs(
         policy_chosen_logps=ptw.sum(-1),
         policy_rejected_logps=ptl.sum(-1),

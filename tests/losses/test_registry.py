@@ -38,6 +38,8 @@ EXPECTED = {
     "oprl_prm": "process_reward", "oprl": "process_reward",
     "step_dpo": "step_level",
     "oreo": "value",
+    "diffusion_dro": "diffusion", "smpo": "diffusion", "inpo": "diffusion", "diffusion_rankdpo": "diffusion",
+    "dense_segment_dpo": "diffusion",
 }
 
 TRL_NAMES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -92,6 +94,10 @@ def test_runs_on_inputs_matching_needs(name, seed):
         value = getattr(inputs, field)
         if value is not None:
             setattr(inputs, field, value.clone().requires_grad_(True))
+    # policy log-probs carried in extras (per-segment diffusion surrogates) are policy outputs too
+    policy_extras = [k for k in loss_fn.needs.extras if k.startswith("segment_policy_")]
+    for key in policy_extras:
+        inputs.extras[key] = inputs.extras[key].clone().requires_grad_(True)
     out = loss_fn(inputs)
     assert out.loss.shape == (4,)
     assert torch.isfinite(out.loss).all(), out.loss
@@ -102,6 +108,7 @@ def test_runs_on_inputs_matching_needs(name, seed):
                                                "policy_chosen_token_logps", "policy_rejected_token_logps",
                                                "list_policy_logps", "list_policy_token_logps")
              if getattr(inputs, f) is not None and getattr(inputs, f).grad is not None]
+    grads += [inputs.extras[k].grad for k in policy_extras if inputs.extras[k].grad is not None]
     assert grads, "the loss must depend on the policy"
     for g in grads:
         assert torch.isfinite(g).all()
