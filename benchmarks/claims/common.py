@@ -57,6 +57,16 @@ def run_methods(methods: Sequence[Tuple[str, Dict[str, Any]]], seeds: Sequence[i
     return results
 
 
+def cached_summary(directory: str, run) -> Dict[str, Any]:
+    """A finished run's ``summary.json`` in ``directory``, running ``run()`` first when it is not there
+    (for claims whose runs are not sweeps: the online demos)."""
+    path = os.path.join(directory, "summary.json")
+    if not os.path.exists(path):
+        run()
+    with open(path) as handle:
+        return json.load(handle)
+
+
 def quiet_logs():
     """Lower dpokit's and transformers' log levels (progress bars off); returns a ``log`` that drops lines."""
     logging.getLogger("dpokit").setLevel(logging.WARNING)

@@ -24,7 +24,6 @@ The claim holds when both hold.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -32,14 +31,6 @@ import common
 
 ROUNDS = 4
 METHODS = {"grpo": {"beta": 0.0}, "copo": {}}  # loss hyperparameters on top of the demo's per-strategy loss
-
-
-def _summary(directory: str, run) -> dict:
-    path = os.path.join(directory, "summary.json")
-    if not os.path.exists(path):
-        run()
-    with open(path) as handle:
-        return json.load(handle)
 
 
 def _metrics(summary: dict) -> dict:
@@ -80,8 +71,8 @@ def main(argv=None):
         for method, hparams in METHODS.items():
             directory = os.path.join(args.out, f"seed{seed}", method)
             run_settings = DemoSettings(output_dir=directory, seed=seed, loss_hparams=dict(hparams), **settings)
-            summary = _summary(directory, lambda: run_online_demo(run_settings, method, ROUNDS, log=quiet,
-                                                                  warmup_dir=warmup))
+            summary = common.cached_summary(directory, lambda: run_online_demo(
+                run_settings, method, ROUNDS, log=quiet, warmup_dir=warmup))
             warmup = warmup or os.path.join(directory, "warmup")  # the second method starts from the same model
             results[method][seed] = _metrics(summary)
             m = results[method][seed]

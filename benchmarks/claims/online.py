@@ -16,7 +16,6 @@ Criteria (fixed before running), differences paired by seed, held-out task rewar
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -25,15 +24,6 @@ import common
 OFFLINE = "offline dpo (1 pass)"
 STRATEGIES = ("online_dpo", "iterative_dpo")
 ROUNDS = 4
-
-
-def _summary(directory: str, run) -> dict:
-    """A finished run's ``summary.json``, running it first when it is not there."""
-    path = os.path.join(directory, "summary.json")
-    if not os.path.exists(path):
-        run()
-    with open(path) as handle:
-        return json.load(handle)
 
 
 def _metrics(summary: dict) -> dict:
@@ -54,14 +44,14 @@ def main(argv=None):
     results = {OFFLINE: {}, **{f"{s} ({ROUNDS} rounds)": {} for s in STRATEGIES}}
     for seed in common.seeds_of(args):
         offline_dir = os.path.join(args.out, f"seed{seed}", "offline")
-        offline = _summary(offline_dir, lambda: run_demo(DemoSettings(output_dir=offline_dir, seed=seed, **settings),
-                                                         log=quiet))
+        offline = common.cached_summary(
+            offline_dir, lambda: run_demo(DemoSettings(output_dir=offline_dir, seed=seed, **settings), log=quiet))
         results[OFFLINE][seed] = _metrics(offline)
         print(f"   seed {seed}: offline reward {offline['after']['reward']:.3f} ({offline['seconds']:.0f} s)")
         for strategy in STRATEGIES:
             directory = os.path.join(args.out, f"seed{seed}", strategy)
             run_settings = DemoSettings(output_dir=directory, seed=seed, **settings)
-            summary = _summary(directory, lambda: run_online_demo(
+            summary = common.cached_summary(directory, lambda: run_online_demo(
                 run_settings, strategy, ROUNDS, log=quiet, warmup_dir=os.path.join(offline_dir, "warmup")))
             results[f"{strategy} ({ROUNDS} rounds)"][seed] = {**_metrics(summary),
                                                               "generated_samples": summary["generated_samples"]}

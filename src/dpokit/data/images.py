@@ -87,11 +87,12 @@ def to_pil(tensor: torch.Tensor):
     return Image.fromarray(array, "RGB")
 
 
-def load_image(value: Any, base_dir: str, location: str, field_name: str, size: Optional[int] = None) -> torch.Tensor:
-    """One image of a record as [3, H, W] in [-1, 1]; a :class:`DataError` naming the field otherwise."""
+def load_pil(value: Any, base_dir: str, location: str, field_name: str):
+    """One image as an RGB PIL image, or a :class:`DataError` naming the record and field."""
     from PIL import Image, UnidentifiedImageError
 
-    source: Any
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
     if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
         value = value.get("bytes") or value.get("path")
     if isinstance(value, (bytes, bytearray)):
@@ -103,15 +104,22 @@ def load_image(value: Any, base_dir: str, location: str, field_name: str, size: 
             raise DataError(location, field_name, f"image file not found: {value}",
                             "paths are relative to the data file's folder")
     else:
-        raise DataError(location, field_name, f"expected an image path or bytes, got {type(value).__name__}")
+        raise DataError(location, field_name, f"expected an image path, bytes or an image, got {type(value).__name__}")
     try:
         with Image.open(source) as image:
-            image = image.convert("RGB")
-            if size is not None and image.size != (size, size):
-                image = image.resize((size, size), Image.BICUBIC)
-            return to_unit_range(image)
+            return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(location, field_name, f"unreadable image {shown}: {err}") from None
+
+
+def load_image(value: Any, base_dir: str, location: str, field_name: str, size: Optional[int] = None) -> torch.Tensor:
+    """One image of a record as [3, H, W] in [-1, 1]; a :class:`DataError` naming the field otherwise."""
+    from PIL import Image
+
+    image = load_pil(value, base_dir, location, field_name)
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    return to_unit_range(image)
 
 
 def _caption(location: str, record: Dict[str, Any]) -> str:

@@ -23,7 +23,6 @@ tokens is an error.
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -33,6 +32,7 @@ import torch
 from ..errors import DataError
 from .collate import Batch, collate
 from .files import iter_records
+from .images import load_pil  # noqa: F401  (images from paths, bytes or PIL objects)
 from .formats import LoadReport, PreferencePair, UnpairedExample, _parse_record, check_extras_consistent, extra_columns
 from .tokenize import TRUNCATION_MODES, TokenizedExample, TruncationReport, _truncate
 
@@ -51,31 +51,6 @@ class VisionUnpaired(UnpairedExample):
 
 
 # ---- images ---------------------------------------------------------------------------------------
-
-def load_pil(value: Any, base_dir: str, location: str, field_name: str):
-    """One image as an RGB PIL image, or a :class:`DataError` naming the record and field."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, (bytes, bytearray)):
-        source, shown = io.BytesIO(value), "the image bytes"
-    elif isinstance(value, str) and value.strip():
-        source = value if os.path.isabs(value) else os.path.join(base_dir, value)
-        shown = value
-        if not os.path.isfile(source):
-            raise DataError(location, field_name, f"image file not found: {value}",
-                            "paths are relative to the data file's folder")
-    else:
-        raise DataError(location, field_name, f"expected an image path, bytes or an image, got {type(value).__name__}")
-    try:
-        with Image.open(source) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(location, field_name, f"unreadable image {shown}: {err}") from None
-
 
 # ---- placeholders -----------------------------------------------------------------------------------
 
