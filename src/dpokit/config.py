@@ -95,6 +95,12 @@ class ReferenceConfig:
     cache_dir: Optional[str] = None  # default: ~/.cache/dpokit/reference
     sync_every: int = 0  # TR-DPO: every N optimizer steps ref <- alpha*policy + (1-alpha)*ref
     sync_alpha: float = 0.6
+    # kind: fused (InfiFPO): source models fused at the sequence level; see dpokit.reference_fusion
+    sources: List[str] = field(default_factory=list)
+    fusion: str = "mean"  # mean | max_margin
+    fusion_weights: Optional[List[float]] = None  # gamma_i for fusion: mean (default 1/N)
+    clip: bool = True  # clip each source against the initial pivot (max on chosen, min on rejected)
+    length_norm: bool = True  # per-token mean log-probs in each model's own tokenization
 
 
 @dataclass
@@ -202,7 +208,8 @@ CHOICES = {
     "data.on_bad_content": ("skip", "error"),
     "data.on_empty_completion": ("skip", "error"),
     "data.on_extra_columns": ("ignore", "error"),
-    "reference.kind": ("auto", "copy", "path", "lora_disabled", "none"),
+    "reference.kind": ("auto", "copy", "path", "lora_disabled", "none", "fused"),
+    "reference.fusion": ("mean", "max_margin"),
     "train.scheduler": ("cosine", "linear", "constant"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
 }
@@ -319,7 +326,7 @@ def validate(config: Config) -> Config:
         raise ConfigError("train.step_separator: must not be empty (the text that ends a step, e.g. \"\\n\" or \";\")")
     if r.kind == "path" and not r.path:
         raise ConfigError("reference.path: required when reference.kind is 'path'")
-    if r.path and r.kind not in ("path", "auto"):
+    if r.path and r.kind not in ("path", "auto", "fused"):
         raise ConfigError(f"reference.path is set but reference.kind is {r.kind!r}; use kind: path")
     if r.kind == "lora_disabled" and not config.lora.enabled:
         raise ConfigError("reference.kind 'lora_disabled' needs lora.enabled: true")

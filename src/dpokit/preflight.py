@@ -24,6 +24,7 @@ from .losses import build_loss
 from .losses.checks import check_loss
 from .online.catalog import STRATEGIES, check_options
 from .preference.judges import JUDGES
+from .reference_fusion import check_fused
 from .scoring import check_scorer
 from .scoring.lm.layouts import LAYOUTS
 
@@ -106,6 +107,7 @@ def _check_reference(config: Config, loss) -> None:
                                   "would be ignored; remove it")
     if needs.reference and r.kind == "none":
         raise ConfigError(f"loss {loss.name!r} needs a reference model; reference.kind cannot be 'none'")
+    check_fused(config, loss)  # reference.kind: fused (dpokit.reference_fusion)
     if r.precompute and "ref_kl" in needs.token_stats:
         raise ConfigError(f"reference.precompute cannot serve loss {loss.name!r}: it needs the reference "
                           "model's full next-token distributions (per-token KL), not cached log-probs")

@@ -223,6 +223,17 @@ def weights_fingerprint(source: str, model: Optional[torch.nn.Module] = None, re
     return fingerprint_model(model)
 
 
+def fused_fingerprint(fused) -> str:
+    """Cache-key weights of a fused reference (:mod:`dpokit.reference_fusion`): the pivot, every
+    source (weights, config, tokenizer vocabulary) and the fusion options."""
+    parts = [fingerprint_model(fused.pivot.model)]
+    for s in fused.sources:
+        parts += [fingerprint_model(s.model), fingerprint_config(s.model),
+                  json.dumps(sorted(s.tokenizer.get_vocab().items()))]
+    parts.append(repr(fused.options()))
+    return "fused-" + hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
+
+
 def build_reference(config, needs, policy, accelerator, scorer, examples: Sequence, policy_from_path: bool = True,
                     external_parameters=None):
     """The reference a run's loss reads, from ``config.reference`` (None for a reference-free loss).
@@ -236,7 +247,7 @@ def build_reference(config, needs, policy, accelerator, scorer, examples: Sequen
     if not needs.reference:
         return None
     kind = r.kind
-    if kind == "auto":
+    if kind in ("auto", "fused"):  # fused: the initial pivot is what auto would give (dpokit.reference_fusion)
         kind = "path" if r.path else ("lora_disabled" if config.lora.enabled else "copy")
     sharded = dist.shards_parameters(accelerator)
     if sharded and "ref_kl" in needs.token_stats:
@@ -260,6 +271,11 @@ def build_reference(config, needs, policy, accelerator, scorer, examples: Sequen
             fingerprint = weights_fingerprint(r.path if kind == "path" else config.model.name_or_path, frozen,
                                               config.model.revision)
         reference = ModelReference(dist.prepare_frozen(accelerator, frozen, external_parameters))
+    if r.kind == "fused":
+        from .reference_fusion import build_fused
+
+        reference = build_fused(config, reference, accelerator)
+        fingerprint = fused_fingerprint(reference) if r.precompute else None
     if not r.precompute:
         return reference
     cache_dir = r.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "dpokit", "reference")
