@@ -33,6 +33,7 @@ from typing import Any, Dict, List
 
 from .measure import PeakMemory, step_clock, sync
 from .report import cpu_name, fastest, ratios
+from .workers import timed_trl_step
 
 QUESTIONS = ("what colour is the square",
              "look at the picture . what colour is the square in it",
@@ -178,7 +179,6 @@ def trl_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     import shutil
     import tempfile
 
-    import torch
     import trl
     from datasets import Dataset
     from PIL import Image
@@ -223,15 +223,9 @@ def trl_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
         n = len(rows)
         for i in range(n):  # rows i (chosen) and n + i (rejected) of TRL's batch
             ids.append([inputs["input_ids"][j][inputs["attention_mask"][j].bool()].tolist() for j in (i, n + i)])
-        sync(device)
-        start = now()
-        loss = trainer.training_step(model, inputs)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
-        sync(device)
-        times.append(now() - start)
+        seconds, loss = timed_trl_step(trainer, model, params, inputs, device, now)
+        times.append(seconds)
+        losses.append(loss)
     shutil.rmtree(workdir, ignore_errors=True)
     return {"times": times, "losses": losses, "peak_bytes": memory.peak_bytes(), "memory_method": memory.method,
             "token_ids": ids, "images_per_step": images, "trl_version": trl.__version__,

@@ -118,7 +118,6 @@ def trl_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     """The same for TRL's ``DPOTrainer.training_step`` plus the same optimizer step."""
     import shutil
 
-    import torch
     import trl
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -150,19 +149,27 @@ def trl_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     now = step_clock(spec)
     times, losses = [], []
     for batch in examples:
-        inputs = trainer.data_collator(batch)
-        sync(device)
-        start = now()
-        loss = trainer.training_step(model, inputs)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
-        sync(device)
-        times.append(now() - start)
+        seconds, loss = timed_trl_step(trainer, model, params, trainer.data_collator(batch), device, now)
+        times.append(seconds)
+        losses.append(loss)
     shutil.rmtree(workdir, ignore_errors=True)
     return {"times": times, "losses": losses, "peak_bytes": memory.peak_bytes(), "memory_method": memory.method,
             "trl_version": trl.__version__, "optimizer": type(trainer.optimizer).__name__}
+
+
+def timed_trl_step(trainer, model, params, inputs, device, now):
+    """One TRL ``training_step`` with the same clipping and optimizer step as dpokit's: ``(seconds, loss)``."""
+    import torch
+
+    sync(device)
+    start = now()
+    loss = trainer.training_step(model, inputs)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss = float(loss)
+    sync(device)
+    return now() - start, loss
 
 
 def memory_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
