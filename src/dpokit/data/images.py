@@ -104,7 +104,7 @@ def load_pil(value: Any, base_dir: str, location: str, field_name: str):
             raise DataError(location, field_name, f"image file not found: {value}",
                             "paths are relative to the data file's folder")
     else:
-        raise DataError(location, field_name, f"expected an image path, bytes or an image, got {type(value).__name__}")
+        raise DataError(location, field_name, f"expected an image path or bytes (or a PIL image), got {type(value).__name__}")
     try:
         with Image.open(source) as image:
             return image.convert("RGB")
