@@ -8,7 +8,6 @@ import os
 import random
 
 import pytest
-import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,6 +88,25 @@ def train_config(model_dir, data_path, output_dir, **sections):
 
 
 # ---- ranked lists -----------------------------------------------------------------------------------
+CLAIMS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "claims"))
+
+
+def load_claim(name: str):
+    """``benchmarks/claims/<name>.py`` as a module (the scripts import their ``common`` module, so the
+    folder is on ``sys.path`` while it loads)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, CLAIMS)
+    try:
+        spec = importlib.util.spec_from_file_location(f"claim_{name}", os.path.join(CLAIMS, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(CLAIMS)
+
+
 def make_lists(n, seed=0, ks=(2, 3, 4)):
     """Lists of 2-4 responses; the score is the share of 'good' words (WORDS[:10]), so ties occur."""
     rng = random.Random(seed)

@@ -1,19 +1,14 @@
 """The GPM claim in miniature (benchmarks/claims/gpm_cyclic.py): its data, and one seed end to end."""
 
-import importlib.util
-import os
 import random
 
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "claims", "gpm_cyclic.py")
+from conftest import load_claim
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("gpm_cyclic", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_claim("gpm_cyclic")
 
 
 def test_cyclic_data_is_balanced_and_cyclic():

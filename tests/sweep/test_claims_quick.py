@@ -1,23 +1,10 @@
 """The claim scripts' --quick mode (a few steps on a tiny split) runs end to end and prints a verdict."""
 
-import importlib.util
 import os
-import sys
 
 import pytest
 
-CLAIMS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "claims")
-
-
-def load(name):
-    sys.path.insert(0, os.path.abspath(CLAIMS))  # the scripts import their `common` module
-    try:
-        spec = importlib.util.spec_from_file_location(f"claim_{name}", os.path.join(CLAIMS, f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(os.path.abspath(CLAIMS))
+from conftest import load_claim as load
 
 
 @pytest.mark.slow

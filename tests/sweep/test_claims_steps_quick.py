@@ -2,7 +2,7 @@
 
 import pytest
 
-from .test_claims_quick import load
+from conftest import load_claim as load
 
 
 @pytest.mark.slow

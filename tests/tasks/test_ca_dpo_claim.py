@@ -1,24 +1,13 @@
 """The CA-DPO claim script's --quick mode runs end to end: warm-up, both pair sets, the per-split
 accuracies, the table and a verdict; a rerun reuses the finished seed."""
 
-import importlib.util
-import os
-import sys
-
 import pytest
 
-CLAIMS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "claims"))
+from conftest import load_claim
 
 
 def load():
-    sys.path.insert(0, CLAIMS)  # the script imports its `common` module
-    try:
-        spec = importlib.util.spec_from_file_location("claim_ca_dpo", os.path.join(CLAIMS, "ca_dpo.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(CLAIMS)
+    return load_claim("ca_dpo")
 
 
 def test_pair_sets_share_the_plain_pairs_and_add_conflicts():

@@ -1,24 +1,13 @@
 """The continual-learning claim script's --quick mode runs end to end: both methods, the gamma-0 setup
 check, the table and a verdict; a rerun reuses every finished run."""
 
-import importlib.util
-import os
-import sys
-
 import pytest
 
-CLAIMS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "claims"))
+from conftest import load_claim
 
 
 def load():
-    sys.path.insert(0, CLAIMS)  # the script imports its `common` module
-    try:
-        spec = importlib.util.spec_from_file_location("claim_continual", os.path.join(CLAIMS, "continual.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(CLAIMS)
+    return load_claim("continual")
 
 
 @pytest.mark.slow
