@@ -33,7 +33,7 @@ from typing import Any, Dict, List
 
 from .measure import PeakMemory, step_clock, sync
 from .report import cpu_name, fastest, ratios
-from .workers import timed_trl_step
+from .workers import timed_trl_step, trl_trainer
 
 QUESTIONS = ("what colour is the square",
              "look at the picture . what colour is the square in it",
@@ -183,7 +183,6 @@ def trl_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     from datasets import Dataset
     from PIL import Image
     from transformers import AutoProcessor
-    from trl import DPOConfig, DPOTrainer
 
     device = spec["device"]
     processor = AutoProcessor.from_pretrained(spec["dirs"]["policy"])
@@ -201,19 +200,8 @@ def trl_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     memory = PeakMemory(device)
     policy = load_vlm(spec["dirs"]["policy"], spec)
     reference = load_vlm(spec["dirs"]["reference"], spec)
-    config = DPOConfig(
-        output_dir=workdir, per_device_train_batch_size=len(batches[0]), max_length=spec["max_length"],
-        beta=spec["beta"], loss_type=["sigmoid"], learning_rate=spec["lr"], lr_scheduler_type="constant",
-        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=False, fp16=False, report_to=[],
-        save_strategy="no", logging_strategy="no", use_cpu=not device.startswith("cuda"), dataloader_num_workers=0,
-        seed=0, disable_tqdm=True,
-    )
-    trainer = DPOTrainer(model=policy, ref_model=reference, args=config, train_dataset=Dataset.from_list(batches[0]),
-                         processing_class=processor)
-    trainer.create_optimizer()
-    trainer.current_gradient_accumulation_steps = 1
-    model = trainer.model
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainer, model, params = trl_trainer(spec, policy, reference, workdir, len(batches[0]),
+                                         Dataset.from_list(batches[0]), processor, device)
     now = step_clock(spec)
     times, losses, ids = [], [], []
     images = None

@@ -121,7 +121,6 @@ def trl_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     import trl
     from datasets import Dataset
     from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
 
     device = spec["device"]
     tokenizer = AutoTokenizer.from_pretrained(spec["dirs"]["policy"])
@@ -133,19 +132,8 @@ def trl_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     memory = PeakMemory(device)
     policy = load_model(spec["dirs"]["policy"], spec)
     reference = load_model(spec["dirs"]["reference"], spec)
-    config = DPOConfig(
-        output_dir=workdir, per_device_train_batch_size=len(examples[0]), max_length=spec["max_length"],
-        beta=spec["beta"], loss_type=["sigmoid"], learning_rate=spec["lr"], lr_scheduler_type="constant",
-        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, gradient_checkpointing=spec["gradient_checkpointing"],
-        bf16=False, fp16=False, report_to=[], save_strategy="no", logging_strategy="no",
-        use_cpu=not device.startswith("cuda"), dataloader_num_workers=0, seed=0, disable_tqdm=True,
-    )
-    trainer = DPOTrainer(model=policy, ref_model=reference, args=config, train_dataset=placeholder,
-                         processing_class=tokenizer)
-    trainer.create_optimizer()
-    trainer.current_gradient_accumulation_steps = 1
-    model = trainer.model
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainer, model, params = trl_trainer(spec, policy, reference, workdir, len(examples[0]), placeholder, tokenizer,
+                                         device, gradient_checkpointing=spec["gradient_checkpointing"])
     now = step_clock(spec)
     times, losses = [], []
     for batch in examples:
@@ -155,6 +143,27 @@ def trl_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     shutil.rmtree(workdir, ignore_errors=True)
     return {"times": times, "losses": losses, "peak_bytes": memory.peak_bytes(), "memory_method": memory.method,
             "trl_version": trl.__version__, "optimizer": type(trainer.optimizer).__name__}
+
+
+def trl_trainer(spec, policy, reference, workdir, batch_size, dataset, processing_class, device, **options):
+    """TRL's ``DPOTrainer`` set up as the bench compares it: sigmoid loss, the spec's beta, learning rate and
+    ``max_length``, constant schedule, clipping 1.0, fp32, an optimizer created; ``(trainer, model, params)``
+    (``options``: further ``DPOConfig`` fields)."""
+    from trl import DPOConfig, DPOTrainer
+
+    config = DPOConfig(
+        output_dir=workdir, per_device_train_batch_size=batch_size, max_length=spec["max_length"],
+        beta=spec["beta"], loss_type=["sigmoid"], learning_rate=spec["lr"], lr_scheduler_type="constant",
+        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=False, fp16=False, report_to=[],
+        save_strategy="no", logging_strategy="no", use_cpu=not device.startswith("cuda"), dataloader_num_workers=0,
+        seed=0, disable_tqdm=True, **options,
+    )
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=config, train_dataset=dataset,
+                         processing_class=processing_class)
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1
+    model = trainer.model
+    return trainer, model, [p for p in model.parameters() if p.requires_grad]
 
 
 def timed_trl_step(trainer, model, params, inputs, device, now):
