@@ -10,6 +10,8 @@ import os
 import sys
 from typing import List, Optional
 
+DEMO_OUTPUT_DIR = "runs/demo"  # each demo writes to its own directory when this default is left
+
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -49,61 +51,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .tasks.demo import DemoSettings, run_demo
+    from .config import set_by_path
+    from .tasks.demos import run_demo_command
 
     hparams = {}
     for item in args.hparam or []:
-        from .config import set_by_path
-
         set_by_path(hparams, item)
-    if args.modality == "diffusion":  # Diffusion-DPO on the bimodal image task (dpokit.tasks.diffusion_demo)
-        from .tasks.diffusion_demo import DiffusionDemoSettings, run_diffusion_demo
-
-        output_dir = args.output_dir if args.output_dir != "runs/demo" else "runs/demo-diffusion"
-        diffusion = DiffusionDemoSettings(output_dir=output_dir, loss=args.loss, loss_hparams=hparams,
-                                          seed=args.seed, prefer=args.prefer)
-        if args.quick:
-            diffusion.pretrain_steps, diffusion.samples_per_class, diffusion.dpo_epochs = 60, 32, 1
-            diffusion.eval_per_class, diffusion.sample_steps = 16, 5
-        run_diffusion_demo(diffusion)
-        return 0
-    if args.task == "arithmetic":  # step-level vs outcome-level preferences (dpokit.tasks.arithmetic_demo)
-        from .tasks.arithmetic_demo import ArithmeticDemoSettings, run_arithmetic_demo
-
-        if args.online:
-            print("dpokit demo: error: --online runs the parity task only (drop --task or --online)", file=sys.stderr)
-            return 2
-        output_dir = args.output_dir if args.output_dir != "runs/demo" else "runs/demo-arithmetic"
-        arithmetic = ArithmeticDemoSettings(output_dir=output_dir, method=args.method, pairs=args.pairs, seed=args.seed)
-        if args.quick:
-            arithmetic.n_train_problems, arithmetic.n_eval_problems, arithmetic.warmup_steps = 200, 60, 200
-            arithmetic.epochs, arithmetic.search_problems = 1, 10
-        run_arithmetic_demo(arithmetic)
-        return 0
-    if args.modality == "vlm":  # DPO on a tiny vision-language model, the colour task (dpokit.tasks.vlm_demo)
-        from .tasks.vlm_demo import VLMDemoSettings, run_vlm_demo
-
-        output_dir = args.output_dir if args.output_dir != "runs/demo" else "runs/demo-vlm"
-        vlm = VLMDemoSettings(output_dir=output_dir, loss=args.loss, loss_hparams=hparams, seed=args.seed)
-        if args.quick:
-            vlm.n_train, vlm.n_eval, vlm.warmup_steps, vlm.dpo_epochs = 64, 32, 40, 1
-        run_vlm_demo(vlm)
-        return 0
-    settings = DemoSettings(output_dir=args.output_dir, loss=args.loss, loss_hparams=hparams, seed=args.seed,
-                            task=args.task, label_noise=args.label_noise)
-    if args.quick:
-        settings.n_train_prompts, settings.n_eval_prompts = 200, 60
-        settings.warmup_steps, settings.dpo_epochs = 120, 2
-    if args.online and args.task != "parity":
-        print("dpokit demo: error: --online runs the parity task only (drop --task or --online)", file=sys.stderr)
-        return 2
-    if args.online:  # the same experiment with online rounds (dpokit.tasks.online_demo)
-        from .tasks.online_demo import run_online_demo
-
-        run_online_demo(settings, strategy=args.strategy, rounds=args.rounds)
-        return 0
-    run_demo(settings)
-    return 0
+    return run_demo_command(args, hparams, default_output_dir=DEMO_OUTPUT_DIR)
 
 
 def cmd_losses(args) -> int:
@@ -146,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the built-in alignment experiment (no downloads, a few minutes on CPU)")
     p.add_argument("--loss", default="dpo", help="any registered pairwise loss (see `dpokit losses`)")
     p.add_argument("--hparam", action="append", metavar="KEY=VALUE", help="loss hyperparameter, e.g. beta=0.2")
-    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--output-dir", default=DEMO_OUTPUT_DIR)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smaller experiment (for smoke tests)")
     p.add_argument("--task", default="parity", choices=("parity", "graded", "arithmetic"),
