@@ -32,7 +32,7 @@ def register_demo(name: str, output_dir: str) -> Callable:
 
 def pick_demo(args) -> str:
     """The demo's name: a non-text modality names its demo; for text, a task with its own demo names it."""
-    if args.modality in DEMOS:
+    if args.modality != "text":
         return args.modality
     return args.task if args.task in DEMOS else "text"
 
