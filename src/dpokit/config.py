@@ -34,7 +34,7 @@ class ModelConfig:
     kind: str = "causal_lm"  # causal_lm | diffusion (dpokit.families: how the model, data and batches are handled)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     trust_remote_code: bool = False
-    attn_implementation: Optional[str] = None  # e.g. sdpa, eager, flash_attention_2
+    attn_implementation: Optional[str] = None  # sdpa, eager, flex_attention, flash_attention_2, auto (dpokit.kernels)
     gradient_checkpointing: bool = False
     compile: bool = False
     revision: Optional[str] = None

@@ -51,6 +51,7 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..kernels import resolve_attention
 from ..tiny import ARCHITECTURES
 from .data import GENERATED_PAIRS, prepare
 from .measure import matmul_peak_flops, model_flops
@@ -103,7 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "exceeds it is reported as out of memory instead of straining the machine")
     parser.add_argument("--chunk-size", type=int, default=1024, help="vocabulary projection chunk (positions)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, flash_attention_2...)")
+    parser.add_argument("--attn", default="auto",
+                        help="attention implementation: auto (per layout: flash_attention_2 for packed, "
+                             "flex_attention for prompt_shared on a CUDA GPU that has them, sdpa otherwise; "
+                             "see dpokit.kernels), sdpa, eager, flex_attention, flash_attention_2")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="for dpokit and TRL alike")
     parser.add_argument("--compile", action="store_true", help="dpokit: compile the decoder layers")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
@@ -190,10 +194,12 @@ def _run(args, workdir: str) -> int:
     configs = []  # (label, spec, whether a reference model runs in the step)
     for cached in modes:
         for layout in layouts:
-            spec = dict(base_spec, kind="dpokit", layout=layout, cache_path=cache_info["path"] if cached else None)
+            spec = dict(base_spec, kind="dpokit", layout=layout, cache_path=cache_info["path"] if cached else None,
+                        attn=resolve_attention(args.attn, layout, device, args.dtype))
             configs.append((layout + ("+cached_ref" if cached else ""), spec, not cached))
     if args.compare == "trl":
-        configs.append(("trl", dict(base_spec, kind="trl"), True))
+        configs.append(("trl", dict(base_spec, kind="trl", attn=resolve_attention(args.attn, "padded", device,
+                                                                                  args.dtype)), True))
     runs: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _, _ in configs}
     failures: Dict[str, Dict[str, Any]] = {}
     loads = []
@@ -211,6 +217,9 @@ def _run(args, workdir: str) -> int:
             runs[label].append(summarise(raw, batches, args.warmup, flops[live_reference, False], peak,
                                          flops[live_reference, True]))
     results = fastest({label: measured for label, measured in runs.items() if measured})
+    for label, spec, _ in configs:  # the kernel each configuration ran with (--attn auto picks per layout)
+        if label in results:
+            results[label]["attn"] = spec["attn"]
     trl_result = results.pop("trl", None)
 
     report: Dict[str, Any] = {

@@ -20,6 +20,7 @@ import tempfile
 import time
 from typing import Any, Dict
 
+from ..kernels import resolve_attention
 from .measure import PeakMemory, step_clock, sync
 
 
@@ -58,7 +59,8 @@ def build_reference_cache(args, prepared: Dict[str, Any], workdir: str, device: 
     from ..reference import CachedReference, ModelReference
     from ..scoring.lm.engine import LogProbEngine
 
-    reference = load_model(prepared["dirs"]["reference"], {"dtype": args.dtype, "attn": args.attn, "device": device})
+    attn = resolve_attention(args.attn, "padded", device, args.dtype)  # the cache is built with padded
+    reference = load_model(prepared["dirs"]["reference"], {"dtype": args.dtype, "attn": attn, "device": device})
     engine = LogProbEngine(get_loss("dpo", beta=args.beta).needs, prepared["pad_id"], "prompt_shared", args.chunk_size)
     examples = [TokenizedExample(i, p, c) for batch in prepared["batches"] for i, p, c in batch]
     start = time.perf_counter()
