@@ -122,6 +122,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     layout: str = "padded"
     chunk_size: int = 1024
+    projection: str = "chunked"  # chunked | liger (optional fused kernel on CUDA: dpokit.scoring.lm.fused)
     group_by_length: bool = False
     log_every: int = 1
     eval_every: int = 0
@@ -212,6 +213,7 @@ CHOICES = {
     "reference.fusion": ("mean", "max_margin"),
     "train.scheduler": ("cosine", "linear", "constant"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "train.projection": ("chunked", "liger"),
 }
 
 
