@@ -103,6 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address-space limit of each measured worker process (RLIMIT_AS); a worker that "
                              "exceeds it is reported as out of memory instead of straining the machine")
     parser.add_argument("--chunk-size", type=int, default=1024, help="vocabulary projection chunk (positions)")
+    parser.add_argument("--projection", choices=("chunked", "liger"), default="chunked",
+                        help="dpokit's vocabulary projection (train.projection): chunked, or liger (Liger-Kernel's "
+                             "fused linear cross-entropy on CUDA; falls back to chunked elsewhere)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--attn", default="auto",
                         help="attention implementation: auto (per layout: flash_attention_2 for packed, "
@@ -180,6 +183,7 @@ def _run(args, workdir: str) -> int:
     max_length = max(args.max_length, args.sequence_length or 0)
     base_spec = {"device": device, "dtype": args.dtype, "attn": args.attn, "batches": batches, "dirs": prepared["dirs"],
                  "pad_id": prepared["pad_id"], "beta": args.beta, "lr": args.lr, "chunk_size": args.chunk_size,
+                 "projection": args.projection,
                  "max_length": max_length, "memory_limit_gb": args.memory_limit_gb, "gradient_checkpointing": args.gradient_checkpointing,
                  "compile": args.compile, "threads": args.threads, "cache_path": None, "clock": clock}
     plain = [[(p, c) for _, p, c in b] for b in batches]
@@ -236,7 +240,7 @@ def _run(args, workdir: str) -> int:
                   "completion_length": (args.completion_length or max(1, args.sequence_length // 8))
                   if args.sequence_length else None, "memory_limit_gb": args.memory_limit_gb, "parameters": prepared["total_params"],
                   "matmul_parameters": prepared["params"], "dtype": args.dtype, "attn": args.attn,
-                  "chunk_size": args.chunk_size, "gradient_checkpointing": args.gradient_checkpointing,
+                  "chunk_size": args.chunk_size, "projection": args.projection, "gradient_checkpointing": args.gradient_checkpointing,
                   "compile": args.compile, "reference": args.reference, "repeats": max(1, args.repeats),
                   "clock": clock},
         "matmul_peak_flops": peak,
