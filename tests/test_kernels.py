@@ -87,3 +87,32 @@ def test_load_causal_lm_passes_the_choice(machine, monkeypatch):
     machine(cuda=False)
     models.load_causal_lm("x", cfg, "prompt_shared")
     assert seen["attn_implementation"] == "sdpa"
+
+
+@pytest.mark.slow  # two training runs
+def test_gpu_options_train_like_the_defaults_on_cpu(tiny_model_dir, pairs_file, tmp_path):
+    """``model.attn_implementation: auto`` and ``train.projection: liger`` on CPU: SDPA and the
+    chunked projection (with the fallback warning), so the same losses and weights as the defaults."""
+    from safetensors.torch import load_file
+
+    from conftest import train_config
+    from dpokit.config import from_dict
+    from dpokit.train import Trainer
+    from dpokit.train.logging import read_metrics
+
+    def run(name, model, train):
+        raw = train_config(tiny_model_dir, pairs_file, tmp_path / name, model=model,
+                           train={"max_steps": 2, "layout": "prompt_shared", "lr": 1e-2, **train})
+        Trainer(from_dict(raw)).fit()
+        losses = [row["loss"] for row in read_metrics(tmp_path / name / "metrics.jsonl") if "loss" in row]
+        return losses, load_file(str(tmp_path / name / "final" / "model.safetensors"))
+
+    from dpokit.scoring.lm import fused
+
+    expected = run("defaults", {}, {})
+    fused._WARNED.clear()  # the warning is given once per process
+    with pytest.warns(RuntimeWarning, match="train.projection 'liger' is not used here"):
+        got = run("gpu", {"attn_implementation": "auto"}, {"projection": "liger"})
+    assert got[0] == expected[0]
+    for key, value in expected[1].items():
+        assert torch.equal(got[1][key], value), key
