@@ -87,6 +87,11 @@ def test_load_causal_lm_passes_the_choice(machine, monkeypatch):
     machine(cuda=False)
     models.load_causal_lm("x", cfg, "prompt_shared")
     assert seen["attn_implementation"] == "sdpa"
+    machine()
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", fake_from_pretrained)
+    models.load_causal_lm("x", ModelConfig(name_or_path="x", kind="vlm", dtype="bfloat16",
+                                           attn_implementation="auto"), "prompt_shared")
+    assert seen["attn_implementation"] == "sdpa"
 
 
 @pytest.mark.slow  # two training runs

@@ -52,14 +52,17 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False, revision:
 def load_causal_lm(name_or_path: str, cfg: ModelConfig, layout: str = "padded"):
     """The model at ``name_or_path``: a causal LM, or with ``cfg.kind == "vlm"`` a vision-language
     model (``AutoModelForImageTextToText``). ``model.attn_implementation: auto`` picks the kernel
-    for ``layout`` on this machine (:func:`dpokit.kernels.choose_attention`)."""
+    for ``layout`` on this machine (:func:`dpokit.kernels.choose_attention`; SDPA for a
+    vision-language model)."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     auto = AutoModelForImageTextToText if getattr(cfg, "kind", "causal_lm") == "vlm" else AutoModelForCausalLM
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}
     if cfg.dtype != "auto":
         kwargs["dtype"] = DTYPES[cfg.dtype]
-    attn = resolve_attention(cfg.attn_implementation, layout, dtype=cfg.dtype)
+    # vision-language models: the vision tower takes the same kernel, which flex/flash may not serve
+    attn = resolve_attention(cfg.attn_implementation, layout if auto is AutoModelForCausalLM else "padded",
+                             dtype=cfg.dtype)
     if attn:
         kwargs["attn_implementation"] = attn
     if cfg.revision:
