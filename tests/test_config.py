@@ -15,6 +15,12 @@ def test_valid_config_and_overrides():
     assert config.train.lr == 3e-6 and config.loss["beta"] == 0.2 and config.train.report_to == []
 
 
+def test_gpu_options_are_accepted():
+    config = checked_config(base(train={"projection": "liger"}, model={"attn_implementation": "auto"}))
+    assert config.train.projection == "liger" and config.model.attn_implementation == "auto"
+    assert checked_config(base()).train.projection == "chunked"
+
+
 @pytest.mark.parametrize("raw, message", [
     (base(train={"lrr": 1.0}), "unknown key 'train.lrr'; did you mean 'lr'"),
     (base(modle={}), "unknown key 'modle'"),
@@ -28,6 +34,7 @@ def test_valid_config_and_overrides():
     (base(reference={"kind": "path"}), "reference.path: required"),
     (base(data={"eval_fraction": 1.5}), "data.eval_fraction"),
     (base(train={"layout": "nope"}), "train.layout"),
+    (base(train={"projection": "fused"}), "train.projection: 'fused' is not one of"),
     (base(model={"name_or_path": ""}), "model.name_or_path: required"),
 ])
 def test_bad_configs_fail_before_loading(raw, message):

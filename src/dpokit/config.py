@@ -34,7 +34,7 @@ class ModelConfig:
     kind: str = "causal_lm"  # causal_lm | diffusion (dpokit.families: how the model, data and batches are handled)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     trust_remote_code: bool = False
-    attn_implementation: Optional[str] = None  # e.g. sdpa, eager, flash_attention_2
+    attn_implementation: Optional[str] = None  # sdpa, eager, flex_attention, flash_attention_2, auto (dpokit.kernels)
     gradient_checkpointing: bool = False
     compile: bool = False
     revision: Optional[str] = None
@@ -122,6 +122,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     layout: str = "padded"
     chunk_size: int = 1024
+    projection: str = "chunked"  # chunked | liger (optional fused kernel on CUDA: dpokit.scoring.lm.fused)
     group_by_length: bool = False
     log_every: int = 1
     eval_every: int = 0
@@ -212,6 +213,7 @@ CHOICES = {
     "reference.fusion": ("mean", "max_margin"),
     "train.scheduler": ("cosine", "linear", "constant"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "train.projection": ("chunked", "liger"),
 }
 
 

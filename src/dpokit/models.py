@@ -14,6 +14,7 @@ import torch
 
 from .config import Config, ModelConfig
 from .errors import ConfigError
+from .kernels import resolve_attention
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +49,22 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False, revision:
     return processor
 
 
-def load_causal_lm(name_or_path: str, cfg: ModelConfig):
+def load_causal_lm(name_or_path: str, cfg: ModelConfig, layout: str = "padded"):
     """The model at ``name_or_path``: a causal LM, or with ``cfg.kind == "vlm"`` a vision-language
-    model (``AutoModelForImageTextToText``)."""
+    model (``AutoModelForImageTextToText``). ``model.attn_implementation: auto`` picks the kernel
+    for ``layout`` on this machine (:func:`dpokit.kernels.choose_attention`; SDPA for a
+    vision-language model)."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     auto = AutoModelForImageTextToText if getattr(cfg, "kind", "causal_lm") == "vlm" else AutoModelForCausalLM
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}
     if cfg.dtype != "auto":
         kwargs["dtype"] = DTYPES[cfg.dtype]
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
+    # vision-language models: the vision tower takes the same kernel, which flex/flash may not serve
+    attn = resolve_attention(cfg.attn_implementation, layout if auto is AutoModelForCausalLM else "padded",
+                             dtype=cfg.dtype)
+    if attn:
+        kwargs["attn_implementation"] = attn
     if cfg.revision:
         kwargs["revision"] = cfg.revision
     try:
@@ -71,14 +77,14 @@ def load_causal_lm(name_or_path: str, cfg: ModelConfig):
     return model
 
 
-def load_named(name_or_path: str, cfg: ModelConfig, key: str, tokenizer: bool = False):
+def load_named(name_or_path: str, cfg: ModelConfig, key: str, tokenizer: bool = False, layout: str = "padded"):
     """``load_causal_lm`` (and the tokenizer first, with ``tokenizer=True``) for the config key ``key``:
     a model that cannot be loaded (no such directory, no config.json, no safetensors weights, an
     unreachable hub) ends in a :class:`~dpokit.errors.ConfigError` naming the key, not a traceback."""
     try:
         load = load_processor if getattr(cfg, "kind", "causal_lm") == "vlm" else load_tokenizer
         loaded_tokenizer = load(name_or_path, cfg.trust_remote_code, cfg.revision) if tokenizer else None
-        model = load_causal_lm(name_or_path, cfg)
+        model = load_causal_lm(name_or_path, cfg, layout)
     except (OSError, ValueError) as err:
         raise ConfigError(f"{key}: cannot load {name_or_path!r}: {err}") from None
     return (loaded_tokenizer, model) if tokenizer else model
@@ -130,7 +136,8 @@ def freeze_vision(model) -> int:
 def load_policy(cfg: Config):
     """Policy model (with LoRA when enabled) and its tokenizer (a vision-language model: its
     processor, and the vision tower frozen unless ``model.freeze_vision`` is false)."""
-    tokenizer, model = load_named(cfg.model.name_or_path, cfg.model, "model.name_or_path", tokenizer=True)
+    tokenizer, model = load_named(cfg.model.name_or_path, cfg.model, "model.name_or_path", tokenizer=True,
+                                  layout=cfg.train.layout)
     model.config.use_cache = False
     if cfg.model.kind == "vlm" and cfg.model.freeze_vision:
         freeze_vision(model)

@@ -261,9 +261,10 @@ def build_reference(config, needs, policy, accelerator, scorer, examples: Sequen
         reference = AdapterDisabledReference(policy)
     else:
         if kind == "path":
-            frozen = load_named(r.path, config.model, "reference.path")
+            frozen = load_named(r.path, config.model, "reference.path", layout=config.train.layout)
         elif sharded and policy_from_path:
-            frozen = load_named(config.model.name_or_path, config.model, "model.name_or_path")
+            frozen = load_named(config.model.name_or_path, config.model, "model.name_or_path",
+                                layout=config.train.layout)
         else:
             base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
             frozen = copy.deepcopy(base)

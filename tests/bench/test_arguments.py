@@ -9,7 +9,7 @@ from dpokit.cli import build_parser
 
 DEFAULTS = dict(data=None, layouts="padded,packed,prompt_shared", reference="model", compare=None, batch_size=8,
                 max_length=512, steps=4, warmup=1, repeats=1, hidden_size=256, layers=4, heads=4,
-                intermediate_size=None, vocab_size=8192, chunk_size=1024, dtype="float32", attn="sdpa",
+                intermediate_size=None, vocab_size=8192, chunk_size=1024, projection="chunked", dtype="float32", attn="auto",
                 gradient_checkpointing=False, compile=False, device="auto", threads=None, clock="wall", beta=0.1,
                 lr=1e-3, seed=0, json=False, worker=None, arch="llama", kv_heads=None, model_vocab=None,
                 sequence_length=None, completion_length=None, memory_limit_gb=None)

@@ -89,6 +89,6 @@ def test_registered_as_a_scorer_kind(setup):
     tokenizer, model, _ = setup
     from types import SimpleNamespace
 
-    config = SimpleNamespace(train=SimpleNamespace(layout="padded", chunk_size=64, step_separator=";"))
+    config = SimpleNamespace(train=SimpleNamespace(layout="padded", chunk_size=64, projection="chunked", step_separator=";"))
     scorer = build_scorer(config, Needs(), tokenizer, model, kind="steps")
     assert isinstance(scorer, StepScorer) and scorer.separator_ids == [tokenizer.convert_tokens_to_ids(";")]

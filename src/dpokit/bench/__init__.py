@@ -51,6 +51,7 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..kernels import resolve_attention
 from ..tiny import ARCHITECTURES
 from .data import GENERATED_PAIRS, prepare
 from .measure import matmul_peak_flops, model_flops
@@ -102,8 +103,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address-space limit of each measured worker process (RLIMIT_AS); a worker that "
                              "exceeds it is reported as out of memory instead of straining the machine")
     parser.add_argument("--chunk-size", type=int, default=1024, help="vocabulary projection chunk (positions)")
+    parser.add_argument("--projection", choices=("chunked", "liger"), default="chunked",
+                        help="dpokit's vocabulary projection (train.projection): chunked, or liger (Liger-Kernel's "
+                             "fused linear cross-entropy on CUDA; falls back to chunked elsewhere)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, flash_attention_2...)")
+    parser.add_argument("--attn", default="auto",
+                        help="attention implementation: auto (per layout: flash_attention_2 for packed, "
+                             "flex_attention for prompt_shared on a CUDA GPU that has them, sdpa otherwise; "
+                             "see dpokit.kernels), sdpa, eager, flex_attention, flash_attention_2")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="for dpokit and TRL alike")
     parser.add_argument("--compile", action="store_true", help="dpokit: compile the decoder layers")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
@@ -176,6 +183,7 @@ def _run(args, workdir: str) -> int:
     max_length = max(args.max_length, args.sequence_length or 0)
     base_spec = {"device": device, "dtype": args.dtype, "attn": args.attn, "batches": batches, "dirs": prepared["dirs"],
                  "pad_id": prepared["pad_id"], "beta": args.beta, "lr": args.lr, "chunk_size": args.chunk_size,
+                 "projection": args.projection,
                  "max_length": max_length, "memory_limit_gb": args.memory_limit_gb, "gradient_checkpointing": args.gradient_checkpointing,
                  "compile": args.compile, "threads": args.threads, "cache_path": None, "clock": clock}
     plain = [[(p, c) for _, p, c in b] for b in batches]
@@ -190,10 +198,12 @@ def _run(args, workdir: str) -> int:
     configs = []  # (label, spec, whether a reference model runs in the step)
     for cached in modes:
         for layout in layouts:
-            spec = dict(base_spec, kind="dpokit", layout=layout, cache_path=cache_info["path"] if cached else None)
+            spec = dict(base_spec, kind="dpokit", layout=layout, cache_path=cache_info["path"] if cached else None,
+                        attn=resolve_attention(args.attn, layout, device, args.dtype))
             configs.append((layout + ("+cached_ref" if cached else ""), spec, not cached))
     if args.compare == "trl":
-        configs.append(("trl", dict(base_spec, kind="trl"), True))
+        configs.append(("trl", dict(base_spec, kind="trl", attn=resolve_attention(args.attn, "padded", device,
+                                                                                  args.dtype)), True))
     runs: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _, _ in configs}
     failures: Dict[str, Dict[str, Any]] = {}
     loads = []
@@ -211,6 +221,9 @@ def _run(args, workdir: str) -> int:
             runs[label].append(summarise(raw, batches, args.warmup, flops[live_reference, False], peak,
                                          flops[live_reference, True]))
     results = fastest({label: measured for label, measured in runs.items() if measured})
+    for label, spec, _ in configs:  # the kernel each configuration ran with (--attn auto picks per layout)
+        if label in results:
+            results[label]["attn"] = spec["attn"]
     trl_result = results.pop("trl", None)
 
     report: Dict[str, Any] = {
@@ -227,7 +240,7 @@ def _run(args, workdir: str) -> int:
                   "completion_length": (args.completion_length or max(1, args.sequence_length // 8))
                   if args.sequence_length else None, "memory_limit_gb": args.memory_limit_gb, "parameters": prepared["total_params"],
                   "matmul_parameters": prepared["params"], "dtype": args.dtype, "attn": args.attn,
-                  "chunk_size": args.chunk_size, "gradient_checkpointing": args.gradient_checkpointing,
+                  "chunk_size": args.chunk_size, "projection": args.projection, "gradient_checkpointing": args.gradient_checkpointing,
                   "compile": args.compile, "reference": args.reference, "repeats": max(1, args.repeats),
                   "clock": clock},
         "matmul_peak_flops": peak,

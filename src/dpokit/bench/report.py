@@ -114,6 +114,9 @@ def format_report(report: Dict[str, Any]) -> str:
         lines.append(line)
     for label, f in report.get("failed", {}).items():
         lines.append(f"{'TRL DPOTrainer' if label == 'trl' else label:<26}{'failed: ' + f['failed']}")
+    kernels = {label: r["attn"] for label, r in rows if "attn" in r}
+    if kernels:
+        lines.append("attention: " + ", ".join(f"{label} {attn}" for label, attn in kernels.items()))
     if "reference_cache" in report:
         c = report["reference_cache"]
         lines.append(f"\nreference cache: built once in {c['build_seconds']:.1f} s for {c['examples']} examples "

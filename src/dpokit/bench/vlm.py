@@ -31,6 +31,7 @@ import subprocess
 import sys
 from typing import Any, Dict, List
 
+from ..kernels import resolve_attention
 from .measure import PeakMemory, step_clock, sync
 from .report import cpu_name, fastest, ratios
 from .workers import timed_trl_step, trl_trainer
@@ -300,7 +301,8 @@ def run(args, workdir: str) -> int:
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     log(f"preparing images, processor and tiny Llava in {workdir} ...")
     prepared = prepare(args, workdir)
-    base = {"device": device, "dtype": args.dtype, "attn": args.attn, "batches": prepared["batches"],
+    attn = resolve_attention(args.attn, "padded", device, args.dtype)  # image models: sdpa unless asked
+    base = {"device": device, "dtype": args.dtype, "attn": attn, "batches": prepared["batches"],
             "data_dir": prepared["data_dir"], "dirs": prepared["dirs"], "beta": args.beta, "lr": args.lr,
             "chunk_size": args.chunk_size, "max_length": args.max_length, "threads": args.threads, "clock": clock}
     configs = [(layout, dict(base, kind="dpokit", layout=layout)) for layout in layouts]
@@ -332,7 +334,7 @@ def run(args, workdir: str) -> int:
                   "image_tokens_per_image": prepared["image_tokens"], "vocab_size": prepared["vocab"],
                   "parameters": prepared["parameters"], "vision_parameters_frozen": prepared["vision_parameters"],
                   "mean_row_tokens": sum(prompt_tokens) / len(prompt_tokens), "dtype": args.dtype,
-                  "attn": args.attn, "max_length": args.max_length, "repeats": max(1, args.repeats), "clock": clock},
+                  "attn": attn, "max_length": args.max_length, "repeats": max(1, args.repeats), "clock": clock},
         "layouts": results,
     }
     if trl_result is not None:

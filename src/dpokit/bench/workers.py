@@ -20,6 +20,7 @@ import tempfile
 import time
 from typing import Any, Dict
 
+from ..kernels import resolve_attention
 from .measure import PeakMemory, step_clock, sync
 
 
@@ -58,7 +59,8 @@ def build_reference_cache(args, prepared: Dict[str, Any], workdir: str, device: 
     from ..reference import CachedReference, ModelReference
     from ..scoring.lm.engine import LogProbEngine
 
-    reference = load_model(prepared["dirs"]["reference"], {"dtype": args.dtype, "attn": args.attn, "device": device})
+    attn = resolve_attention(args.attn, "prompt_shared", device, args.dtype)  # the layout the cache is built with
+    reference = load_model(prepared["dirs"]["reference"], {"dtype": args.dtype, "attn": attn, "device": device})
     engine = LogProbEngine(get_loss("dpo", beta=args.beta).needs, prepared["pad_id"], "prompt_shared", args.chunk_size)
     examples = [TokenizedExample(i, p, c) for batch in prepared["batches"] for i, p, c in batch]
     start = time.perf_counter()
@@ -93,7 +95,8 @@ def dpokit_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
         reference = ModelReference(load_model(spec["dirs"]["reference"], spec))
     if spec["compile"]:
         policy = torch.compile(policy)  # the engine compiles the decoder layers in place (regional)
-    engine = LogProbEngine(loss_fn.needs, spec["pad_id"], spec["layout"], spec["chunk_size"])
+    engine = LogProbEngine(loss_fn.needs, spec["pad_id"], spec["layout"], spec["chunk_size"],
+                           spec.get("projection", "chunked"))
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0)
     now = step_clock(spec)

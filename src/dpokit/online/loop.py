@@ -130,11 +130,12 @@ class OnlineLoop:
             if self._adapters_off():
                 self._frozen = AdapterDisabledReference(self.policy)
             elif r.path:
-                self._frozen = ModelReference(load_causal_lm(r.path, self.config.model).to(_device(self.policy)))
+                self._frozen = ModelReference(load_causal_lm(r.path, self.config.model, self.config.train.layout).to(_device(self.policy)))
             elif self._initial_copy is not None:
                 self._frozen = ModelReference(self._initial_copy)
             else:
-                self._frozen = ModelReference(load_causal_lm(self.config.model.name_or_path, self.config.model)
+                self._frozen = ModelReference(load_causal_lm(self.config.model.name_or_path, self.config.model,
+                                                             self.config.train.layout)
                                               .to(_device(self.policy)))
         return self._frozen
 

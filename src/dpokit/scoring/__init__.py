@@ -106,7 +106,8 @@ def check_scorer(config, needs: Needs) -> None:
 @register_scorer("causal_lm")
 def _lm_scorer(config, needs: Needs, tokenizer, model) -> Scorer:
     check_layout(model, config.train.layout)
-    return LogProbEngine(needs, tokenizer.pad_token_id, config.train.layout, config.train.chunk_size)
+    return LogProbEngine(needs, tokenizer.pad_token_id, config.train.layout, config.train.chunk_size,
+                         config.train.projection)
 
 
 def build_scorer(config, needs: Needs, tokenizer, model, kind: str = "causal_lm") -> Scorer:

@@ -153,7 +153,8 @@ def _check_steps(config, needs) -> None:
 def _step_scorer(config, needs, tokenizer, model) -> StepScorer:
     check_layout(model, config.train.layout)
     separator = getattr(config.train, "step_separator", None) or DEFAULT_SEPARATOR
-    inner = LogProbEngine(needs, tokenizer.pad_token_id, config.train.layout, config.train.chunk_size)
+    inner = LogProbEngine(needs, tokenizer.pad_token_id, config.train.layout, config.train.chunk_size,
+                          config.train.projection)
     try:
         ids = separator_ids(tokenizer, separator)
     except ValueError as err:

@@ -2,7 +2,9 @@
 
     projection.py   hidden states -> selected-token log-probs and vocabulary statistics, in chunks
                     (no [B, T, V] logits)
+    fused.py        optional Liger-Kernel fused projection (train.projection: liger, CUDA only)
     layouts.py      how prompt + completions become backbone forwards (padded | packed | prompt_shared)
+    flex.py         FlexAttention block masks for packed / prompt_shared under flex_attention
     engine.py       LogProbEngine: a batch -> LossInputs, computing only what the loss's Needs ask for
 """
 

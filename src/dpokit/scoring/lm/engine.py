@@ -16,18 +16,23 @@ import torch
 
 from ...data.collate import Batch
 from ...distributed import forward_through
+from .fused import PROJECTIONS, liger_logps, liger_usable, warn_fallback
 from .layouts import get_layout
 from .projection import RowGroup, TokenLogprobs, logit_transform, project_selected, scatter_rows, split_model
 from ...losses import LossInputs, Needs
 
 
 class LogProbEngine:
-    def __init__(self, needs: Needs, pad_token_id: int, layout: str = "padded", chunk_size: int = 1024):
+    def __init__(self, needs: Needs, pad_token_id: int, layout: str = "padded", chunk_size: int = 1024,
+                 projection: str = "chunked"):
+        if projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {projection!r}; choose one of {list(PROJECTIONS)}")
         self.needs = needs
         self.pad_token_id = pad_token_id
         self.layout_name = layout
         self.layout = get_layout(layout)
         self.chunk_size = chunk_size
+        self.projection = projection
 
     def external_parameters(self, model) -> list:
         """Weights read outside the model's own forward: the LM head (chunked projection)."""
@@ -69,10 +74,19 @@ class LogProbEngine:
                                  "model (not precomputed reference log-probs)")
             with torch.no_grad():
                 ref_hidden, ref_head = reference.selected_hidden(self, groups)
-        out = project_selected(hidden, targets, lm_head, stats, self.chunk_size, logit_transform(model),
-                               ref_hidden, ref_head)
+        out = self._project(hidden, targets, lm_head, stats, logit_transform(model), ref_hidden, ref_head)
         token_logps, mask = scatter_rows(out["logps"], lengths)
         return TokenLogprobs(token_logps, mask, {k: scatter_rows(out[k], lengths)[0] for k in stats})
+
+    def _project(self, hidden, targets, lm_head, stats, transform, ref_hidden, ref_head):
+        """Selected hidden states -> ``{"logps": [N], <stat>: [N]}`` (fp32): the chunked projection,
+        or with ``projection='liger'`` Liger's fused kernel where it applies (:mod:`.fused`)."""
+        if self.projection == "liger" and hidden.shape[0]:
+            ok, reason = liger_usable(hidden, stats, transform)
+            if ok:
+                return {"logps": liger_logps(hidden, targets, lm_head, transform)}
+            warn_fallback(reason)
+        return project_selected(hidden, targets, lm_head, stats, self.chunk_size, transform, ref_hidden, ref_head)
 
     # -- loss inputs --------------------------------------------------------------------------
     def loss_inputs(self, policy, batch: Batch, reference=None) -> LossInputs:

@@ -29,8 +29,9 @@ gradients) to float tolerance.
 
 Custom masks are passed the way ``transformers`` (5.x) accepts them: a 4D mask
 ``[rows, 1, length, length]`` handed to the backbone is used as is (``masking_utils``
-skips its own mask construction). SDPA takes it as a boolean mask (True = attend), eager and
-flex attention as an additive float mask (0 / dtype minimum). Every position attends at least to
+skips its own mask construction). SDPA takes it as a boolean mask (True = attend), eager as an
+additive float mask (0 / dtype minimum), ``flex_attention`` as a FlexAttention ``BlockMask``
+(:mod:`dpokit.scoring.lm.flex`: empty blocks skipped, no dense mask). Every position attends at least to
 itself, so padding rows never produce NaN. Sliding-window models get the window applied to the
 position ids inside the mask (a per-layer-type dict for models that mix full and sliding layers).
 
@@ -50,6 +51,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ...errors import ConfigError
+from .flex import block_mask, flex_available
 from .projection import RowGroup, rows_of
 
 logger = logging.getLogger(__name__)
@@ -191,6 +193,8 @@ def layout_supported(model, name: str, probe: bool = False) -> Tuple[bool, str]:
         else:
             return False, (f"{impl} kernels take no custom attention mask, which {name} needs; load the model "
                            "with attn_implementation='sdpa' (or 'flex_attention'), or use layout 'packed'")
+    elif impl == "flex_attention":
+        ok, reason = True, "flex_attention with a FlexAttention BlockMask (empty blocks skipped)"
     elif impl in _MASK_KIND:
         ok, reason = True, f"{impl} with a custom 4D attention mask"
     else:
@@ -398,18 +402,20 @@ def _run_packed(backbone, groups: Sequence[RowGroup], pad_id: int, device, share
         hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
     else:
         batch = build_packed_batch(groups, pad_id, share_prompt, device)
-        kind = _MASK_KIND.get(impl, "float")
-        dtype = _model_dtype(backbone)
+        if impl == "flex_attention" and flex_available():
+            make = lambda w=None: block_mask(batch, w)  # noqa: E731  (no dense mask: see flex.py)
+        else:
+            kind, dtype = _MASK_KIND.get(impl, "float"), _model_dtype(backbone)
+            make = lambda w=None: batch.attention_mask(kind, dtype, w)  # noqa: E731
         window, layer_types = _sliding_window(config)
         if window is not None and int(batch.position_ids.max()) < window:
             window = None  # the window never bites in this batch: one mask serves every layer
         if window is None:
-            mask = batch.attention_mask(kind, dtype)
+            mask = make()
         elif layer_types is None or "full_attention" not in layer_types:
-            mask = batch.attention_mask(kind, dtype, window)
+            mask = make(window)
         else:
-            mask = {"full_attention": batch.attention_mask(kind, dtype),
-                    "sliding_attention": batch.attention_mask(kind, dtype, window)}
+            mask = {"full_attention": make(), "sliding_attention": make(window)}
         hidden = backbone(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
                           use_cache=False).last_hidden_state
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.select)

@@ -155,6 +155,8 @@ def logit_transform(model) -> Callable[[torch.Tensor], torch.Tensor]:
         return logits
 
     transform.is_identity = scale is None and divide is None and softcap is None
+    transform.softcap = softcap
+    transform.softcap_only = softcap is not None and scale is None and divide is None
     return transform
 
 
