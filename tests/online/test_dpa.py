@@ -160,3 +160,26 @@ def test_one_direction_dpa_equals_the_single_objective_run(policy_dir, prompts_f
     other, w_other = run("other", directions=[[0.0, 1.0]])
     assert two == one and same_weights(w_two, w_one, atol=0)
     assert other[0] != two[0] and not same_weights(w_other, w_two)
+
+
+def test_generate_command_at_a_direction(policy_dir, prompts_file, tmp_path, capsys):
+    """``dpokit generate``: the direction given at generation time, best-of-n and RPS by v . r."""
+    from dpokit.cli import main
+
+    common = ["generate", "--model", policy_dir, "--prompts", prompts_file, "--max-new-tokens", "4"]
+    out = tmp_path / "plain.jsonl"
+    assert main(common + ["--direction", "3,4", "--objectives", "one,two", "--output", str(out)]) == 0
+    rows = read_jsonl(str(out))
+    assert len(rows) == 16 and rows[0]["direction"] == pytest.approx([0.6, 0.8]) and "value" not in rows[0]
+    for extra in (["--samples", "3"], ["--rps", "3", "--rps-delta", "15"]):
+        out = tmp_path / "best.jsonl"
+        assert main(common + ["--direction", "1,1", "--rewards", f"{HERE}:two_rewards", "--objectives", "one,two",
+                              "--output", str(out)] + extra) == 0
+        for row in read_jsonl(str(out)):
+            assert row["rewards"] == pytest.approx(two_rewards(None, [row["response"]])[0])
+            assert row["value"] == pytest.approx(sum(row["rewards"]) / math.sqrt(2))
+    capsys.readouterr()
+    assert main(common + ["--direction", "1,0", "--objectives", "one,two", "--samples", "2"]) == 2
+    assert "give --reward-model or --rewards" in capsys.readouterr().err
+    assert main(common + ["--direction", "1,0,0", "--objectives", "one,two"]) == 2
+    assert "3 components" in capsys.readouterr().err
