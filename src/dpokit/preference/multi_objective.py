@@ -15,7 +15,8 @@ a user preference is a unit direction ``v`` in reward space, the scalarized rewa
 the policy is conditioned on ``v`` through its prompt (:func:`direction_prompt`, the README's
 "weighted rating = helpfulness*71 + verbosity*71" system prompt), and at generation time the
 direction is arithmetic on that prompt and on ``v . r``: :func:`best_of_n` keeps the candidate with the
-largest ``v . r`` (one round of DPA's rejection-sampling fine-tuning: :func:`rsf_rows`).
+largest ``v . r`` (one round of DPA's rejection-sampling fine-tuning: :func:`rsf_rows`; the rounds
+themselves are the online strategy ``dpa_rsf``, :mod:`dpokit.online.dpa`).
 
 **RPS** (Mao et al., arXiv 2510.20498), training-free: for a target direction ``v*`` at angle
 ``theta*``, sample from directions in ``[theta* - delta, theta* + delta]`` (:func:`neighbour_directions`),
