@@ -68,7 +68,7 @@ def raw_dpa(policy_dir, tmp_path, prompts_file, **options):
     return raw
 
 
-def test_options_are_checked(policy_dir, prompts_file, tmp_path):
+def test_options_are_checked(policy_dir, prompts_file, tmp_path, monkeypatch):
     good = raw_dpa(policy_dir, tmp_path, prompts_file)
     assert checked_config(good).online.strategy == "dpa_rsf"
     cases = [({"rewards": None}, "exactly one of reward_model"),
@@ -85,6 +85,11 @@ def test_options_are_checked(policy_dir, prompts_file, tmp_path):
         raw["online"]["options"].update(change)
         with pytest.raises(ConfigError, match=message):
             checked_config(raw)
+    raw = raw_dpa(policy_dir, tmp_path, prompts_file, directions=[[1.0, 0.0]])
+    import dpokit.online.dpa as dpa  # a reward model whose objectives (read at setup) do not fit the directions
+    monkeypatch.setattr(dpa, "load_rewarder", lambda *a, **k: (None, ["one"]))
+    with pytest.raises(ConfigError, match=r"directions: \[1.0, 0.0\] has 2 components; the reward has 1"):
+        OnlineLoop(checked_config(raw)).strategy.setup()
     raw = raw_dpa(policy_dir, tmp_path, prompts_file)
     raw["loss"] = {"name": "ipo"}
     with pytest.raises(ConfigError, match="sft_unpaired"):

@@ -128,6 +128,10 @@ class DPARejectionSampling(RoundStrategy):
         if o["directions"] is None and len(self.objectives) != 2:
             raise ConfigError(f"online.options.angles: directions by angle need two objectives; the reward has "
                               f"{len(self.objectives)} ({', '.join(self.objectives)}): list online.options.directions")
+        wrong = [d for d in o["directions"] or [] if len(d) != len(self.objectives)]
+        if wrong:
+            raise ConfigError(f"online.options.directions: {wrong[0]} has {len(wrong[0])} components; the reward has "
+                              f"{len(self.objectives)} objectives ({', '.join(self.objectives)})")
         self.items: List[Tuple[Any, List[float]]] = []
         self.vectors: Dict[int, List[List[float]]] = {}
 
