@@ -150,6 +150,7 @@ COMMAND_MODULES: List[str] = [
     "dpokit.eval.cli",
     "dpokit.tasks.sweep",  # sweep
     "dpokit.preference.reward_model",  # train-rm, rm-margin
+    "dpokit.preference.directional",  # generate
     "dpokit.eval.audit",  # audit
 ]
 

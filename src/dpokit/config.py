@@ -141,7 +141,7 @@ class TrainConfig:
 class OnlineConfig:
     """Online / iterative rounds (``dpokit.online.loop``); an empty ``strategy`` means offline training."""
 
-    strategy: str = ""  # a round strategy: online_dpo | iterative_dpo | dno | sppo | apo | xpo | hypo | ofs_dpo
+    strategy: str = ""  # a round strategy: online_dpo | iterative_dpo | dno | sppo | apo | xpo | hypo | ofs_dpo | dpa_rsf | ...
     rounds: int = 3
     prompts: Any = None  # prompts (a file or dataset with a `prompt` column); default: the prompts of data.train
     prompts_per_round: Optional[int] = None  # default: every prompt, every round

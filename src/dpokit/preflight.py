@@ -217,6 +217,8 @@ def _check_online(config: Config):
     if loss.needs.data == "lists" and (not cls.lists_ok or o.refresh_every):
         raise ConfigError(f"loss {loss.name!r} trains on ranked lists, which strategy {o.strategy!r} does not build"
                           + (" with online.refresh_every" if cls.lists_ok else ""))
-    if loss.needs.data not in ("pairs", "lists"):
-        raise ConfigError(f"online rounds build pairs or ranked lists; loss {loss.name!r} trains on {loss.needs.data}")
+    kinds = getattr(cls, "row_kinds", ("pairs", "lists"))  # what the strategy's rows() builds
+    if loss.needs.data not in kinds:
+        raise ConfigError(f"online strategy {o.strategy!r} builds {' or '.join(kinds)}; loss {loss.name!r} trains on "
+                          f"{loss.needs.data}")
     return cls

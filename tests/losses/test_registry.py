@@ -29,7 +29,7 @@ EXPECTED = {
     "orpo": "reference_free", "asft": "reference_free",
     "rpo": "regularized", "flex_dpo": "regularized", "sft_dpo": "regularized", "phi_dpo": "regularized",
     "sft": "regularized",
-    "kto": "unpaired", "bco": "unpaired", "apo_zero_unpaired": "unpaired",
+    "kto": "unpaired", "bco": "unpaired", "apo_zero_unpaired": "unpaired", "sft_unpaired": "unpaired",
     "tdpo": "token_level", "token_dpo": "token_level", "tab_po": "token_level",
     "xpo": "online", "hypo": "online", "ofs_dpo": "online",
     "plackett_luce": "listwise", "tpo_list": "listwise",

@@ -186,3 +186,41 @@ def test_check_data_hook_reports_kto_class_balance():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the hook returns its messages and raises no warning
         get_loss("kto").check_data([True] * 2 + [False] * 8)
+
+
+# ---- sft_unpaired: the fine-tuning step of rejection-sampling fine-tuning ---------------------------
+def ref_sft_unpaired(x, length_normalize=True):
+    lp = x.policy_logps.detach().numpy().astype(np.float64)
+    n = np.maximum(x.lengths.numpy().astype(np.float64), 1.0)
+    nll = -lp / n if length_normalize else -lp
+    return np.where(x.labels.numpy(), nll, 0.0)
+
+
+@pytest.mark.parametrize("hp", [{}, {"length_normalize": False}])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sft_unpaired_value(hp, seed):
+    x = unpaired(seed)
+    np.testing.assert_allclose(get_loss("sft_unpaired", **hp)(x).loss.numpy(), ref_sft_unpaired(x, **hp),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_sft_unpaired_equals_pairwise_sft_on_the_chosen():
+    x = unpaired(4)
+    x.labels[:] = True
+    g = torch.Generator().manual_seed(9)
+    other = -(1 + 10 * torch.rand(B, generator=g, dtype=torch.float64))
+    pairs = LossInputs(policy_chosen_logps=x.policy_logps, policy_rejected_logps=other, chosen_lengths=x.lengths,
+                       rejected_lengths=torch.full_like(x.lengths, 3.0))
+    for hp in ({}, {"length_normalize": False}):
+        torch.testing.assert_close(get_loss("sft_unpaired", **hp)(x).loss, get_loss("sft", **hp)(pairs).loss)
+
+
+def test_sft_unpaired_gradcheck_and_undesirable_rows():
+    x = unpaired(6)
+    lp = x.policy_logps.clone().requires_grad_()
+    loss = get_loss("sft_unpaired")
+    assert torch.autograd.gradcheck(lambda a: loss(x.replace(policy_logps=a)).loss, (lp,))
+    loss(x.replace(policy_logps=lp)).loss.sum().backward()
+    assert (lp.grad[~x.labels] == 0).all() and (lp.grad[x.labels] != 0).all()
+    assert loss.check_data([True] * 4) == []
+    assert "2 of 5 examples are labelled undesirable" in loss.check_data([True, False, True, False, True])[0]

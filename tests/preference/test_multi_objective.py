@@ -135,3 +135,25 @@ def test_directions_prompts_and_rps():
     assert same["response"] == base["response"] and same["value"] == pytest.approx(base["value"])
     wide = MO.rps_select("x", 30, sample, rewards, ["h", "v"], k=5, delta_degrees=15)
     assert wide["value"] >= base["value"] and len(wide["values"]) == 5  # the pool contains theta itself
+
+
+def test_load_rewarder_reads_a_multi_objective_reward_model(setup, tmp_path):
+    """``dpa_rsf``'s ``reward_model`` option: the saved model's objectives and its vectors ``r(x, y)``."""
+    from dpokit.preference.directional import load_rewarder
+    from dpokit.preference.rm_kinds import KINDS
+    from dpokit.preference.rm_train import new_model, save
+
+    init, _, _ = setup
+    model, tokenizer = new_model(init, KINDS["multi"], {"objectives": ["quality", "verbosity"]})
+    save(model, tokenizer, str(tmp_path / "rm"))
+    rewards, names = load_rewarder(reward_model=str(tmp_path / "rm"))
+    assert names == ["quality", "verbosity"]
+    responses = [" good", " bad bad"]
+    expected = MO.reward_vectors(model.eval(), tokenizer, ["it is"] * 2, responses).double()
+    torch.testing.assert_close(rewards(["it is"] * 2, responses), expected)
+    with pytest.raises(ValueError, match=r"objectives \['a', 'b'\] differ from the reward model's"):
+        load_rewarder(reward_model=str(tmp_path / "rm"), objectives=["a", "b"])
+    bt, tok = new_model(init, KINDS["bt"], {})
+    save(bt, tok, str(tmp_path / "bt"))
+    with pytest.raises(ValueError, match="not a multi-objective reward model"):
+        load_rewarder(reward_model=str(tmp_path / "bt"))

@@ -1,4 +1,4 @@
-"""Unpaired (binary-feedback) losses: KTO, BCO, unpaired APO-zero.
+"""Unpaired (binary-feedback) losses: KTO, BCO, unpaired APO-zero, and SFT on single completions.
 
 Each example is one completion with a label. Fields read (all [B]): ``policy_logps``,
 ``reference_logps`` (summed over completion tokens), ``labels`` (bool, True = desirable) and, for
@@ -224,3 +224,38 @@ class BCOLoss:
 
     def load_state_dict(self, state) -> None:
         self.running.load_state_dict(state)
+
+
+def check_all_desirable(labels: Optional[Sequence[bool]], **_) -> List[str]:
+    """``data_check`` of ``sft_unpaired``: undesirable examples add nothing to its loss; say how many."""
+    if labels is None:
+        return []
+    undesirable = sum(not bool(x) for x in labels)
+    if not undesirable:
+        return []
+    return [f"sft_unpaired: {undesirable} of {len(labels)} examples are labelled undesirable; supervised "
+            "fine-tuning trains on the desirable ones only (the others add 0 to the loss)"]
+
+
+@register_loss(
+    "sft_unpaired",
+    family="unpaired",
+    source="Negative log-likelihood of the kept completion: the fine-tuning step of rejection-sampling "
+    "fine-tuning (RAFT, Dong et al. 2023, arXiv 2304.06767; DPA's iterative RSF, arXiv 2402.18571)",
+    needs=Needs(reference=False, data="unpaired"),
+    data_check=check_all_desirable,
+)
+def sft_unpaired_loss(inputs: LossInputs, length_normalize: bool = True) -> LossOutput:
+    """SFT on single completions: ``L = -lp(y)/|y|`` (token mean; ``length_normalize=False``: ``-lp(y)``)
+    for a desirable example, ``0`` for an undesirable one (:func:`check_all_desirable` warns about them).
+
+    On the desirable examples it equals the pairwise ``sft`` loss on a pair whose chosen response is ``y``.
+    Source: the NLL of the selected sample, as rejection-sampling fine-tuning trains it (RAFT,
+    arXiv 2304.06767; DPA's iterative RSF, arXiv 2402.18571).
+    """
+    inputs.require("policy_logps", "labels")
+    labels = inputs.labels.to(torch.bool)
+    nll = -(inputs.length_normalized(inputs.policy_logps, "unpaired") if length_normalize else inputs.policy_logps)
+    loss = torch.where(labels, nll, torch.zeros_like(nll))
+    d = labels.to(nll.dtype)
+    return LossOutput(loss, {"nll": (nll.detach() * d).sum() / d.sum().clamp_min(1), "count/desirable": d.sum()})

@@ -15,7 +15,8 @@ a user preference is a unit direction ``v`` in reward space, the scalarized rewa
 the policy is conditioned on ``v`` through its prompt (:func:`direction_prompt`, the README's
 "weighted rating = helpfulness*71 + verbosity*71" system prompt), and at generation time the
 direction is arithmetic on that prompt and on ``v . r``: :func:`best_of_n` keeps the candidate with the
-largest ``v . r`` (one round of DPA's rejection-sampling fine-tuning: :func:`rsf_rows`).
+largest ``v . r`` (one round of DPA's rejection-sampling fine-tuning: :func:`rsf_rows`; the rounds
+themselves are the online strategy ``dpa_rsf``, :mod:`dpokit.online.dpa`).
 
 **RPS** (Mao et al., arXiv 2510.20498), training-free: for a target direction ``v*`` at angle
 ``theta*``, sample from directions in ``[theta* - delta, theta* + delta]`` (:func:`neighbour_directions`),
@@ -130,13 +131,30 @@ def angle_direction(theta_degrees: float) -> List[float]:
     return [math.cos(t), math.sin(t)]
 
 
-def direction_prompt(prompt: str, direction: Sequence[float], objectives: Sequence[str],
-                     template: str = "Your response should maximize weighted rating = {terms}.") -> str:
-    """The direction rendered into the prompt (DPA's system-prompt form), weights ``round(100 v_o)``:
-    ``"... weighted rating = helpfulness*71 + verbosity*71.\\n\\n<prompt>"``."""
+DIRECTION_TEMPLATE = "Your response should maximize weighted rating = {terms}."
+
+
+def direction_text(direction: Sequence[float], objectives: Sequence[str], template: str = DIRECTION_TEMPLATE) -> str:
+    """DPA's system-prompt sentence for ``v``, weights ``round(100 v_o)`` of the unit direction:
+    ``"Your response should maximize weighted rating = helpfulness*71 + verbosity*71."``."""
     v = unit_direction(direction, len(objectives))
     terms = " + ".join(f"{name}*{round(100 * float(w))}" for name, w in zip(objectives, v))
-    return template.format(terms=terms) + "\n\n" + prompt
+    return template.format(terms=terms)
+
+
+def direction_prompt(prompt: Any, direction: Sequence[float], objectives: Sequence[str],
+                     template: str = DIRECTION_TEMPLATE) -> Any:
+    """The prompt conditioned on ``v``: a text prompt gets :func:`direction_text` and a blank line in front
+    (``"... weighted rating = helpfulness*71 + verbosity*71.\\n\\n<prompt>"``); a message list gets it as
+    its system message (DPA's form; an existing system message keeps its text after it)."""
+    text = direction_text(direction, objectives, template)
+    if isinstance(prompt, str):
+        return text + "\n\n" + prompt
+    if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
+        if prompt and prompt[0]["role"] == "system":
+            return [{**prompt[0], "content": text + "\n\n" + str(prompt[0].get("content", ""))}] + list(prompt[1:])
+        return [{"role": "system", "content": text}] + list(prompt)
+    raise ValueError(f"a direction conditions a text prompt or a list of chat messages, got {type(prompt).__name__}")
 
 
 Rewarder = Callable[[Sequence[Any], Sequence[Any]], torch.Tensor]  # (prompts, responses) -> r [N, m]
