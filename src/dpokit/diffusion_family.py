@@ -8,7 +8,8 @@
 * scoring: the diffusion scorer (:mod:`dpokit.scoring.diffusion`); the noise of an example is drawn
   per (seed, example, epoch), and evaluation uses draw 0;
 * reference: ``copy`` (a frozen copy of the initial denoiser) or ``lora_disabled`` (the LoRA
-  denoiser with its adapters off), as :mod:`dpokit.reference` builds them;
+  denoiser with its adapters off), as :mod:`dpokit.reference` builds them; ``reference.precompute``
+  computes its errors once per (example, draw) (:mod:`dpokit.scoring.diffusion.cached`);
 * output: ``final/`` holds the trained denoiser in the input's layout (LoRA merged; the adapter
   itself under ``final/adapter``) next to copies of the other folders (scheduler, text encoder, ...).
 """
@@ -56,9 +57,12 @@ class DiffusionFamily:
         d, r = config.diffusion, config.reference
         if config.data.kind not in ("pairs", "lists"):
             raise ConfigError(f"data.kind: {config.data.kind!r}: model.kind diffusion reads image pairs or lists")
-        if r.kind == "path" or r.path or r.precompute:
+        if r.kind == "path" or r.path:
             raise ConfigError("reference: model.kind diffusion takes reference.kind copy or lora_disabled (a "
-                              "reference path or a precomputed reference is not supported for denoisers)")
+                              "reference path is not supported for denoisers)")
+        if r.precompute and d.x_t != "forward":
+            raise ConfigError(f"reference.precompute: diffusion.x_t {d.x_t!r} inverts x0 with the trained denoiser, "
+                              "so the reference errors cannot be computed beforehand; use diffusion.x_t: forward")
         if condition_kind(root, d.condition, d.classes) == "text_encoder" and not all(
                 os.path.isdir(os.path.join(root, f)) for f in ("text_encoder", "tokenizer")):
             raise ConfigError(f"diffusion.condition: text_encoder needs {root}/text_encoder and {root}/tokenizer")
