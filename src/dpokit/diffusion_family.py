@@ -4,7 +4,8 @@
   the denoiser trains (all weights, or LoRA on its attention projections with ``lora.enabled``);
   the scheduler and a frozen condition encoder (text encoder, class list or none) come with it;
 * data: image pairs (``caption``, ``chosen``/``rejected``, or Pick-a-Pic ``jpg_0``/``jpg_1``/``label_0``)
-  or ranked image lists (``images``, ``scores``), read by :mod:`dpokit.data.images`;
+  or ranked image lists (``images``, ``scores``), read by :mod:`dpokit.data.images`; a pairwise loss
+  on lists gets the pairs ``data.pair_builder`` builds (:mod:`dpokit.data.image_lists`);
 * scoring: the diffusion scorer (:mod:`dpokit.scoring.diffusion`); the noise of an example is drawn
   per (seed, example, epoch), and evaluation uses draw 0;
 * reference: ``copy`` (a frozen copy of the initial denoiser) or ``lora_disabled`` (the LoRA
@@ -99,13 +100,22 @@ class DiffusionFamily:
             n_eval = max(1, int(len(train) * d.eval_fraction))
             evaluation = [train[i] for i in sorted(perm[:n_eval])]
             train = [train[i] for i in sorted(perm[n_eval:])]
+        built = ""
+        if d.kind == "lists" and trainer.loss_fn.needs.data == "pairs":  # a pairwise loss: pairs from the groups
+            from .data.image_lists import pairs_from_image_lists
+
+            train, empty = pairs_from_image_lists(train, d.pair_builder, d.min_margin)
+            evaluation, empty_eval = pairs_from_image_lists(evaluation, d.pair_builder, d.min_margin)
+            built = f", pairs built {d.pair_builder} ({empty + empty_eval} groups without a strict order gave none)"
+            if not train:
+                raise ConfigError(f"data.train: no pair could be built from the ranked groups ({d.pair_builder})")
         for position, ex in enumerate(train):
             ex.index = position
         for position, ex in enumerate(evaluation):  # distinct noise seeds from the training examples
             ex.index = len(train) + position
         trainer.tokenizer.conditioner.to(trainer.accelerator.device)
         summary = f"{report['records']} records, {report['ties_dropped']} ties dropped, {len(train)} train, " \
-                  f"{len(evaluation)} eval"
+                  f"{len(evaluation)} eval{built}"
         return train, evaluation, DataPlan(), {"load": summary, "tokenize": "images (no tokenization)"}
 
     def collate(self, trainer, examples, training: bool = True):
