@@ -116,11 +116,12 @@ def _load(spec, name):
     if spec["lora"]:
         from peft import LoraConfig
 
-        model.requires_grad_(False)
-        model.add_adapter(LoraConfig(r=spec["lora"], lora_alpha=spec["lora"], init_lora_weights="gaussian",
-                                     target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
         import torch
 
+        model.requires_grad_(False)
+        torch.manual_seed(spec["seed"] + 11)  # lora_A's init: the same adapter in every worker
+        model.add_adapter(LoraConfig(r=spec["lora"], lora_alpha=spec["lora"], init_lora_weights="gaussian",
+                                     target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
         with torch.no_grad():  # lora_B starts at zero: move it so policy != reference at step 0
             g = torch.Generator().manual_seed(spec["seed"] + 7)
             for n, p in model.named_parameters():
