@@ -2,6 +2,8 @@
 written from the official code's steps, diffusers' own inverse step, and a round trip on a toy whose
 exact denoiser is known (a Gaussian data distribution)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -171,3 +173,28 @@ def test_config_and_refusals():
         Inversion(FlowMatchEulerDiscreteScheduler(), "ddim_inversion", prediction_type="flow")
     with pytest.raises(ConfigError, match="eta"):
         Inversion(sched, "renoise", eta=0.1)
+
+
+@pytest.mark.parametrize("x_t,loss", [("ddim_inversion", "inpo"), ("renoise", "smpo")])
+def test_dpokit_train_with_an_inverted_x_t(tmp_path, x_t, loss):
+    from dpokit.preflight import check_run
+    from dpokit.tasks.tiny_pipeline import save_image_pairs, save_tiny_pipeline
+    from dpokit.train import Trainer
+
+    model_dir = save_tiny_pipeline(str(tmp_path / "pipe"), "unet")
+    data = tmp_path / "data"
+    save_image_pairs(str(data), 4)
+    rows = [dict(json.loads(line), chosen_score=0.3, rejected_score=0.1) for line in open(data / "pairs.jsonl")]
+    (data / "scored.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    raw = {"model": {"name_or_path": model_dir, "kind": "diffusion", "dtype": "float32"},
+           "data": {"train": str(data / ("scored.jsonl" if loss == "smpo" else "pairs.jsonl"))},
+           "loss": {"name": loss, "beta": 5.0, **({"score_min": 0.0, "score_max": 1.0} if loss == "smpo" else {})},
+           "diffusion": {"x_t": x_t, "inversion_steps": 2},
+           "train": {"output_dir": str(tmp_path / "run"), "lr": 1e-3, "batch_size": 2, "epochs": 1, "report_to": [],
+                     "progress_bar": False, "mixed_precision": "no", "warmup_ratio": 0.0, "scheduler": "constant"}}
+    trainer = Trainer(from_dict(raw))
+    assert trainer.scorer.inversion.mode == x_t and trainer.scorer.inversion.grid == [0, 500]
+    assert trainer.fit()["status"] == "completed"
+    raw["reference"] = {"precompute": True}
+    with pytest.raises(ConfigError, match="reference.precompute"):
+        check_run(from_dict(raw))
