@@ -89,3 +89,26 @@ def test_train_with_precomputed_reference_matches_the_live_reference(tmp_path):
     for key in finals[0]:
         torch.testing.assert_close(finals[0][key], finals[1][key], rtol=1e-4, atol=1e-5, msg=key)
     assert len(os.listdir(tmp_path / "cache")) == 1
+
+
+def test_lora_run_precomputes_the_adapters_off_reference(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from dpokit.data.images import collate_images
+    from dpokit.tasks.tiny_pipeline import save_image_pairs, save_tiny_pipeline
+    from dpokit.train import Trainer
+
+    model_dir = save_tiny_pipeline(str(tmp_path / "pipe"), "unet")
+    data = save_image_pairs(str(tmp_path / "data"), 4)
+    raw = {"model": {"name_or_path": model_dir, "kind": "diffusion", "dtype": "float32"}, "data": {"train": data},
+           "loss": {"name": "dpo", "beta": 50.0}, "lora": {"enabled": True, "r": 4, "alpha": 4, "dropout": 0.0},
+           "reference": {"precompute": True, "cache_dir": str(tmp_path / "cache")},
+           "train": {"output_dir": str(tmp_path / "run"), "lr": 1e-3, "batch_size": 2, "epochs": 1, "report_to": [],
+                     "progress_bar": False, "mixed_precision": "no", "warmup_ratio": 0.0, "scheduler": "constant"}}
+    trainer = Trainer(from_dict(raw))
+    assert isinstance(trainer.reference, PrecomputedDenoisingReference)
+    base = ModelReference(UNet2DConditionModel.from_pretrained(os.path.join(model_dir, "unet"), use_safetensors=True))
+    batch = collate_images(trainer.train_examples, [0] * 4, trainer.tokenizer.conditioner)
+    torch.testing.assert_close(trainer.reference.errors(batch), trainer.scorer.errors(trainer.model, batch, base)[1],
+                               rtol=1e-5, atol=1e-7)
+    assert trainer.fit()["status"] == "completed"

@@ -9,7 +9,8 @@ under a content hash, and the reference forward is skipped at every step (the re
 released). The hash covers the reference weights and config, the images and captions of every
 example, the scorer's seed, timestep range and prediction type, and the draws: any change
 recomputes. Only ``diffusion.x_t: forward`` (forward noising) is cacheable: an inverted ``x_t``
-depends on the trained policy.
+depends on the trained policy. With several processes each computes the whole table (the file is
+written atomically, so concurrent writers are safe); it is not split over the processes.
 """
 
 from __future__ import annotations
