@@ -51,6 +51,10 @@ class DiffusionConfig:
     classes: Optional[List[str]] = None  # condition class_labels: caption -> index in this list
     image_size: Optional[int] = None  # images are resized to image_size x image_size
     timestep_range: Optional[List[int]] = None  # [lo, hi) of the uniform timestep draw (default [0, T))
+    x_t: str = "forward"  # forward | ddim_inversion (InPO) | renoise (SmPO): how x_t is obtained
+    inversion_steps: int = 10  # inverse DDIM grid (official: 10; SmPO SD1.5: 5)
+    inversion_eta: float = 0.0  # ddim_inversion: eta noise per step (InPO code: 0.1)
+    inversion_model: str = "policy"  # policy (as the official code) | reference
 
 
 @dataclass
@@ -203,6 +207,8 @@ CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.kind": ("causal_lm", "vlm", "diffusion"),
     "diffusion.condition": ("auto", "text_encoder", "class_labels", "none"),
+    "diffusion.x_t": ("forward", "ddim_inversion", "renoise"),
+    "diffusion.inversion_model": ("policy", "reference"),
     "data.kind": ("pairs", "unpaired", "lists"),
     "data.pair_builder": ("best_vs_worst", "best_vs_each", "all_pairs", "margin"),
     "data.truncation_mode": ("keep_end", "keep_start"),

@@ -4,11 +4,13 @@
   the denoiser trains (all weights, or LoRA on its attention projections with ``lora.enabled``);
   the scheduler and a frozen condition encoder (text encoder, class list or none) come with it;
 * data: image pairs (``caption``, ``chosen``/``rejected``, or Pick-a-Pic ``jpg_0``/``jpg_1``/``label_0``)
-  or ranked image lists (``images``, ``scores``), read by :mod:`dpokit.data.images`;
+  or ranked image lists (``images``, ``scores``), read by :mod:`dpokit.data.images`; a pairwise loss
+  on lists gets the pairs ``data.pair_builder`` builds (:mod:`dpokit.data.image_lists`);
 * scoring: the diffusion scorer (:mod:`dpokit.scoring.diffusion`); the noise of an example is drawn
   per (seed, example, epoch), and evaluation uses draw 0;
 * reference: ``copy`` (a frozen copy of the initial denoiser) or ``lora_disabled`` (the LoRA
-  denoiser with its adapters off), as :mod:`dpokit.reference` builds them;
+  denoiser with its adapters off), as :mod:`dpokit.reference` builds them; ``reference.precompute``
+  computes its errors once per (example, draw) (:mod:`dpokit.scoring.diffusion.cached`);
 * output: ``final/`` holds the trained denoiser in the input's layout (LoRA merged; the adapter
   itself under ``final/adapter``) next to copies of the other folders (scheduler, text encoder, ...).
 """
@@ -56,9 +58,12 @@ class DiffusionFamily:
         d, r = config.diffusion, config.reference
         if config.data.kind not in ("pairs", "lists"):
             raise ConfigError(f"data.kind: {config.data.kind!r}: model.kind diffusion reads image pairs or lists")
-        if r.kind == "path" or r.path or r.precompute:
+        if r.kind == "path" or r.path:
             raise ConfigError("reference: model.kind diffusion takes reference.kind copy or lora_disabled (a "
-                              "reference path or a precomputed reference is not supported for denoisers)")
+                              "reference path is not supported for denoisers)")
+        if r.precompute and d.x_t != "forward":
+            raise ConfigError(f"reference.precompute: diffusion.x_t {d.x_t!r} inverts x0 with the trained denoiser, "
+                              "so the reference errors cannot be computed beforehand; use diffusion.x_t: forward")
         if condition_kind(root, d.condition, d.classes) == "text_encoder" and not all(
                 os.path.isdir(os.path.join(root, f)) for f in ("text_encoder", "tokenizer")):
             raise ConfigError(f"diffusion.condition: text_encoder needs {root}/text_encoder and {root}/tokenizer")
@@ -95,13 +100,22 @@ class DiffusionFamily:
             n_eval = max(1, int(len(train) * d.eval_fraction))
             evaluation = [train[i] for i in sorted(perm[:n_eval])]
             train = [train[i] for i in sorted(perm[n_eval:])]
+        built = ""
+        if d.kind == "lists" and trainer.loss_fn.needs.data == "pairs":  # a pairwise loss: pairs from the groups
+            from .data.image_lists import pairs_from_image_lists
+
+            train, empty = pairs_from_image_lists(train, d.pair_builder, d.min_margin)
+            evaluation, empty_eval = pairs_from_image_lists(evaluation, d.pair_builder, d.min_margin)
+            built = f", pairs built {d.pair_builder} ({empty + empty_eval} groups without a strict order gave none)"
+            if not train:
+                raise ConfigError(f"data.train: no pair could be built from the ranked groups ({d.pair_builder})")
         for position, ex in enumerate(train):
             ex.index = position
         for position, ex in enumerate(evaluation):  # distinct noise seeds from the training examples
             ex.index = len(train) + position
         trainer.tokenizer.conditioner.to(trainer.accelerator.device)
         summary = f"{report['records']} records, {report['ties_dropped']} ties dropped, {len(train)} train, " \
-                  f"{len(evaluation)} eval"
+                  f"{len(evaluation)} eval{built}"
         return train, evaluation, DataPlan(), {"load": summary, "tokenize": "images (no tokenization)"}
 
     def collate(self, trainer, examples, training: bool = True):

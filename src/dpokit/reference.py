@@ -282,6 +282,10 @@ def build_reference(config, needs, policy, accelerator, scorer, examples: Sequen
     cache_dir = r.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "dpokit", "reference")
     if not sharded or kind == "lora_disabled":
         policy.to(accelerator.device)
+    if hasattr(scorer, "precompute_reference"):  # denoisers: errors per (example, draw) (scoring.diffusion.cached)
+        cached = scorer.precompute_reference(config, reference, list(examples), accelerator.device)
+        del reference
+        return cached
     with torch.no_grad():
         cached = CachedReference.build(reference, scorer, list(examples), cache_dir, config.train.batch_size,
                                        fingerprint)

@@ -8,7 +8,9 @@ Record formats (JSONL, JSON, Parquet or CSV, read by :func:`dpokit.data.files.it
 * ranked lists:   ``caption``, ``images`` (K >= 2 paths) and ``scores`` (higher is better)
 
 An image is a path (relative paths are resolved against the data file's folder), raw bytes, or a
-``{"bytes": ..., "path": ...}`` dict as the Hugging Face ``Image`` feature stores it. Images are
+``{"bytes": ..., "path": ...}`` dict as the Hugging Face ``Image`` feature stores it. Other numeric
+columns (``chosen_score`` / ``rejected_score`` for ``smpo``, ``weight``, ...) travel with the example as
+``extras``, as written (every record must have the same ones). Images are
 converted to RGB, resized to ``size`` x ``size`` when ``size`` is given, and scaled to [-1, 1]
 (``x / 127.5 - 1``), the range diffusion models are trained on. Every error names the file, the
 line and the field: an unreadable or missing image, a missing caption, chosen and rejected of
@@ -28,8 +30,10 @@ import torch
 
 from ..errors import DataError
 from .files import iter_records
+from .formats import _numeric_extras, check_extras_consistent
 
 CAPTION_KEYS = ("caption", "prompt")
+IMAGE_FIELDS = CAPTION_KEYS + ("chosen", "rejected", "jpg_0", "jpg_1", "label_0", "images", "scores")
 
 
 @dataclass
@@ -183,7 +187,8 @@ def parse_image_record(location: str, record: Dict[str, Any], base_dir: str, kin
         values = [record["chosen"], record["rejected"]]
     images = [load_image(v, base_dir, location, n, size) for v, n in zip(values, names)]
     _same_size(location, images, names)
-    return ImageExample(caption, torch.stack(images), scores=scores, location=location)
+    extras = {k: v for k, v in _numeric_extras(location, record, IMAGE_FIELDS).items() if not isinstance(v, list)}
+    return ImageExample(caption, torch.stack(images), scores=scores, extras=extras, location=location)
 
 
 def load_image_examples(source: str, kind: str = "pairs", size: Optional[int] = None,
@@ -207,6 +212,7 @@ def load_image_examples(source: str, kind: str = "pairs", size: Optional[int] = 
             break
     if not examples:
         raise DataError(os.path.basename(os.fspath(source)), None, "no usable image records")
+    check_extras_consistent(examples)
     return examples, {"records": records, "ties_dropped": ties}
 
 

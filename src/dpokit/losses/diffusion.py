@@ -113,7 +113,7 @@ def smpo_loss(inputs: LossInputs, beta: float = 2500.0, gamma: float = 10.0,
     Equal scores give ``p = 0.5``: loss ``log 2`` and no gradient.
     [partial] The paper form ``-log sigmoid((2 alpha - gamma) beta h)`` (Eqs. 8-9, read only in a
     secondary review) matches the code with ``alpha = gamma * p`` (an inferred mapping). The ReNoise
-    inversion that yields ``x_t`` is the scorer's business (not done by this loss).
+    inversion that yields ``x_t`` is the scorer's business (``diffusion.x_t: renoise``), not this loss's.
     Source: Lu et al. 2025, arXiv 2506.02698; verified against the official JaydenLyh/SmPO ``train.py``.
     """
     _check_beta("smpo", beta)
@@ -144,7 +144,8 @@ def inpo_loss(inputs: LossInputs, beta: float = 2500.0) -> LossOutput:
     so ``beta = 0.5 * beta_dpo``; the value equals ``dpo`` with the same ``beta``. What makes InPO
     InPO is how ``x_t`` and the noise target are obtained: DDIM inversion of ``x0`` with the current
     policy (10 inverse steps, ``inversion_eta`` 0.1 noise), ``eps_target = (x_t - sqrt(abar_t) x0) /
-    sqrt(1 - abar_t)``. That is the scorer's business; this loss only reads the surrogate fields.
+    sqrt(1 - abar_t)``. That is the scorer's business (``diffusion.x_t: ddim_inversion``,
+    ``diffusion.inversion_eta: 0.1``); this loss only reads the surrogate fields.
     Default beta 2500 (``beta_dpo`` 5000, SDXL; SD1.5 from an SFT start uses 2000, beta 1000).
     [partial] Only the code was read: the paper's reparameterisation derivation is unverified.
     Source: Lu et al. 2025, arXiv 2503.18454; the loss verified against the official JaydenLyh/InPO

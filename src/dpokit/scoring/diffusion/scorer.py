@@ -35,6 +35,10 @@ official formula written out. The paper's ``beta * T * omega(lambda_t)`` with a 
 corresponds to ``beta / D`` here (inferred from the code averaging over ``D``; the paper's equation
 was not re-read).
 
+``diffusion.x_t`` (:mod:`.inversion`): ``forward`` (the above), ``ddim_inversion`` (InPO) or
+``renoise`` (SmPO): ``x_t`` and its noise target from inverting ``x0`` with a denoiser under
+``no_grad``. A precomputed reference (:mod:`.cached`) replaces the reference forward by a lookup.
+
 One forward of the policy over all B*M samples (and one of the reference, under ``no_grad``). The
 scorer computes only what the loss's ``Needs`` ask for, and refuses when built what it cannot serve:
 per-token log-probs, vocabulary statistics, prompt log-probs and mismatched-KL terms have no
@@ -44,6 +48,7 @@ diffusion counterpart here.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -111,8 +116,11 @@ class DiffusionScorer:
     for lists ``list_mask`` / ``list_scores`` [B, K], for unpaired data ``labels`` [B], ``extras``.
     """
 
-    def __init__(self, needs: Needs, scheduler, seed: int = 0, timestep_range: Optional[Tuple[int, int]] = None):
+    def __init__(self, needs: Needs, scheduler, seed: int = 0, timestep_range: Optional[Tuple[int, int]] = None,
+                 inversion=None, encode=None):
         refuse_unservable(needs)
+        self.inversion = inversion  # None: forward noising; else an .inversion.Inversion
+        self.encode = encode  # captions -> conditions (for a precomputed reference)
         self.needs = needs
         self.scheduler = scheduler
         self.seed = int(seed)
@@ -134,8 +142,9 @@ class DiffusionScorer:
                             self.seed, self.timestep_range)
         return eps.to(images.device, images.dtype), t.to(images.device)
 
-    def errors(self, policy, batch, reference=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Per-sample denoising errors ``e_pi`` and ``e_ref`` (or None), each [B, M]."""
+    def prepare(self, batch, policy=None, reference=None):
+        """``(x_t, model timesteps, target, conditions)`` of the B*M flattened samples of ``batch``:
+        forward noising with the shared ``eps``, or an inversion of ``x0`` (:mod:`.inversion`)."""
         images = batch.images
         b, m = images.shape[:2]
         sample_shape = images.shape[2:]
@@ -143,14 +152,43 @@ class DiffusionScorer:
         x0 = images.reshape(b * m, *sample_shape)
         eps = eps.unsqueeze(1).expand(b, m, *sample_shape).reshape(b * m, *sample_shape)
         t = t.repeat_interleave(m)
+        conditions = {k: v.repeat_interleave(m, dim=0) for k, v in (batch.conditions or {}).items()}
+        if self.inversion is not None:
+            eps = self._inverted_noise(policy, reference, batch, x0, t, conditions, m)
         x_t, target = noised_and_target(self.scheduler, x0, eps, t, self.prediction_type)
         t = model_timesteps(self.scheduler, t, self.prediction_type).to(x_t.device)
-        conditions = {k: v.repeat_interleave(m, dim=0) for k, v in (batch.conditions or {}).items()}
+        return x_t, t, target, conditions
+
+    def _inverted_noise(self, policy, reference, batch, x0, t, conditions, m):
+        from .cached import _reference_model
+
+        inverter = policy if self.inversion.model == "policy" else reference
+        if inverter is None or getattr(inverter, "has_model", True) is False:
+            raise ValueError(f"diffusion.x_t {self.inversion.mode}: inversion_model {self.inversion.model!r} needs "
+                             "a denoiser to invert with")
+        with _reference_model(inverter) as model:
+            _, eps = self.inversion.invert(lambda x, tau, c: predict(model, x, tau, c), x0, t, conditions,
+                                           [int(i) for i in batch.indices], [int(d) for d in batch.draws], m)
+        return eps.detach()
+
+    def reference_forward(self, model, batch) -> torch.Tensor:
+        """``e_ref`` [B, M] of ``model`` (under ``no_grad``); what a precomputed reference stores."""
+        b, m = batch.images.shape[:2]
+        x_t, t, target, conditions = self.prepare(batch)
+        with torch.no_grad():
+            return per_sample_error(predict(model, x_t, t, conditions), target).view(b, m)
+
+    def errors(self, policy, batch, reference=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Per-sample denoising errors ``e_pi`` and ``e_ref`` (or None), each [B, M]."""
+        b, m = batch.images.shape[:2]
+        x_t, t, target, conditions = self.prepare(batch, policy, reference)
         e_policy = per_sample_error(predict(policy, x_t, t, conditions), target).view(b, m)
         e_reference = None
         if self.needs.reference:
             if reference is None:
                 raise ValueError("this loss needs a reference denoiser, but none was given")
+            if hasattr(reference, "errors") and not getattr(reference, "has_model", True):  # precomputed
+                return e_policy, reference.errors(batch).to(e_policy.dtype)
             with torch.no_grad():
                 if hasattr(reference, "active"):  # dpokit.reference objects
                     with reference.active() as model:
@@ -159,6 +197,19 @@ class DiffusionScorer:
                     e_reference = per_sample_error(predict(reference, x_t, t, conditions), target)
             e_reference = e_reference.view(b, m)
         return e_policy, e_reference
+
+    def precompute_reference(self, config, reference, examples, device=None):
+        """The reference errors of ``examples`` at every draw of the run, computed once
+        (``reference.precompute``; :mod:`.cached`)."""
+        from .cached import precompute, run_draws
+
+        if self.encode is None:
+            raise ConfigError("reference.precompute: the diffusion scorer was built without a condition encoder")
+        cache_dir = config.reference.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "dpokit",
+                                                               "reference")
+        n_train = sum(1 for _ in examples)
+        return precompute(self, reference, examples, run_draws(config, n_train), self.encode,
+                          config.train.batch_size, cache_dir, device)
 
     def loss_inputs(self, policy, batch, reference=None) -> LossInputs:
         e_policy, e_reference = self.errors(policy, batch, reference)
@@ -200,9 +251,14 @@ def diffusion_scorer(config, needs: Needs, scheduler, model) -> DiffusionScorer:
     ``config.train.seed``; ``config.diffusion.timestep_range`` bounds the timestep draw."""
     seed = getattr(getattr(config, "train", None), "seed", 0) if config is not None else 0
     timestep_range = getattr(getattr(config, "diffusion", None), "timestep_range", None)
+    encode = getattr(scheduler, "conditioner", None)
     scheduler = getattr(scheduler, "scheduler", scheduler)
     if not hasattr(scheduler, "add_noise") and not hasattr(scheduler, "scale_noise"):
         raise ConfigError("the diffusion scorer needs a noise scheduler with add_noise (e.g. diffusers "
                           f"DDPMScheduler), got {type(scheduler).__name__}")
+    from .inversion import build_inversion
+
+    inversion = build_inversion(config, scheduler, prediction_type(scheduler), seed) if config is not None else None
     return DiffusionScorer(needs, scheduler, seed=seed,
-                           timestep_range=tuple(timestep_range) if timestep_range else None)
+                           timestep_range=tuple(timestep_range) if timestep_range else None, inversion=inversion,
+                           encode=encode)
