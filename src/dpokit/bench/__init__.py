@@ -63,9 +63,10 @@ DEFAULT_LAYOUTS = ("padded", "packed", "prompt_shared")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--modality", choices=("text", "vlm"), default="text",
+    parser.add_argument("--modality", choices=("text", "vlm", "steps"), default="text",
                         help="text: a tiny Llama on text pairs (default); vlm: a tiny Llava on image + text pairs "
-                             "(dpokit.bench.vlm)")
+                             "(dpokit.bench.vlm); steps: MCTS-DPO search speed, shared-prefix KV cache vs naive "
+                             "re-encoding (dpokit.bench.steps)")
     parser.add_argument("--data", default=None, metavar="PATH",
                         help=f"preference pairs (JSONL or any format dpokit reads); default: {GENERATED_PAIRS} "
                              "HH-style dialogue pairs generated from --seed")
@@ -116,9 +117,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    from . import vlm
+    from . import steps, vlm
 
     vlm.add_arguments(parser)
+    steps.add_arguments(parser)
 
 
 def run(args) -> int:
@@ -148,6 +150,10 @@ def _run(args, workdir: str) -> int:
         from . import vlm
 
         return vlm.run(args, workdir)
+    if getattr(args, "modality", "text") == "steps":
+        from . import steps
+
+        return steps.run(args, workdir)
 
     if args.threads:
         torch.set_num_threads(args.threads)
