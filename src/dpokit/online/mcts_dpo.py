@@ -55,7 +55,8 @@ class MCTSDPORound(RoundStrategy):
     (required), ``evaluator`` (``self`` | ``verifier``), ``max_step_tokens`` 16, ``temperature`` 1.0,
     and the search's (:class:`dpokit.steps.search.SearchConfig`; defaults the miniature's:
     ``n_iters`` 8, ``root_iters_factor`` 4, ``n_init_actions`` 2, ``n_actions`` 2, ``breadth_limit`` 4,
-    ``depth_limit`` 6, ``w_exp`` 1.0, ``length_penalty`` 1.25, ``include_gold`` false,
+    ``depth_limit`` 6, ``w_exp`` 1.0, ``length_penalty`` 1.25, ``include_gold`` true (the released
+    ``include_gt``),
     ``max_completion_tokens`` 64, ``max_pairs`` 8, ``filter_correct`` true)."""
 
     sources = ()  # nothing is sampled by the loop: the search generates
@@ -63,10 +64,11 @@ class MCTSDPORound(RoundStrategy):
     refreshable = False
     lists_ok = False
     min_samples = 1
-    verified = "verified"
+    verified = "partial"  # the search and the pairs as the official code; one update per round, not per tree
     source = "Xie et al. 2024, arXiv 2405.00451 (official code YuxiXie/MCTS-DPO)"
     OPTIONS = {"task": None, "reference": "initial", "evaluator": "self", "max_step_tokens": 16,
-               "temperature": 1.0, **{k: getattr(SearchConfig(), k) for k in SEARCH_OPTIONS}}
+               "temperature": 1.0, **{k: getattr(SearchConfig(), k) for k in SEARCH_OPTIONS},
+               "include_gold": True}  # the released include_gt default
 
     def __init__(self, loop, options):
         super().__init__(loop, options)
