@@ -76,6 +76,9 @@ def run(args, workdir: str = "") -> int:
     from .workers import quiet
 
     quiet()
+    if getattr(args, "compare", None):
+        raise SystemExit(f"--compare {args.compare}: not available with --modality steps (it compares two searches "
+                         "of dpokit's own: shared-prefix KV cache and naive re-encoding)")
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()
