@@ -11,7 +11,7 @@ and trains step-level DPO on the pairs of the trees.
                 visit-count smoothing) through the step scorer, against the reference
 
 **Reference.** The official code fixes the reference to the initial SFT checkpoint
-(``actor_ref_model_name_or_path``; METHODS-2 §1), so ``online.options.reference`` defaults to
+(``actor_ref_model_name_or_path`` of ``mcts_rl/algorithms/mcts/main.py``), so ``online.options.reference`` defaults to
 ``initial``; ``previous`` (a frozen copy of the policy each round starts from) is the alternative
 some iterative-DPO papers use. The search always runs from the live policy (the official loop is
 on-policy at every step; here it is on-policy at every round: the policy is fixed while a round searches).

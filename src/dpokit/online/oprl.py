@@ -15,7 +15,7 @@ scorer counts them: :func:`dpokit.scoring.steps.step_index`); step ``s``'s rewar
 ``prm_beta * sum_{tokens k of step s} (log pi_phi - log pi_old)``, the PRM's trajectory score
 (``step_mean``) is the mean of a response's step rewards, and ``oprl`` combines the RLOO step
 advantages with the episode advantage per step (``A = A^E + w A^S``, broadcast over the step's
-tokens; METHODS-2 §3). Without it every response is one step (the earlier behaviour).
+tokens; the released ``compute_istar_rloo_advantage``). Without it every response is one step (the earlier behaviour).
 
 PARTIAL: the paper's actions are the turns of a multi-turn episode with environment observations in
 between; here the steps of one response stand for them (no observation tokens between steps). The
