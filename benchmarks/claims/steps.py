@@ -74,14 +74,12 @@ def train(out, model_dir, data_path, loss, seed, s: Settings, data_kind="pairs",
 def search_pairs(model, tokenizer, task, problems, seed, s: Settings):
     from dpokit.scoring.steps import separator_ids
     from dpokit.steps import MCTS, SearchConfig, SearchTask, StepSampler
-    from dpokit.tasks.arithmetic import STEP_SEPARATOR
+    from dpokit.tasks.arithmetic import STEP_SEPARATOR, ArithmeticSearchTask
 
     sep = separator_ids(tokenizer, STEP_SEPARATOR)
     decode = lambda ids: tokenizer.decode([i for i in ids if i not in sep], skip_special_tokens=True).strip()  # noqa: E731
-    verdict = lambda prompt, steps: task.verify(task.problem_of(prompt), steps)  # noqa: E731
-    search_task = SearchTask(evaluate=lambda p, st: float(all(verdict(p, st).steps)),
-                             outcome=lambda p, st: verdict(p, st).outcome, decode=decode,
-                             gold=lambda p: task.problem_of(p).gold())
+    hooks = ArithmeticSearchTask(task)
+    search_task = SearchTask(evaluate=hooks.check, outcome=hooks.outcome, decode=decode, gold=hooks.gold)
     sampler = StepSampler(model, sep, tokenizer.eos_token_id, max_step_tokens=12, seed=seed)
     config = SearchConfig(n_iters=s.n_iters, depth_limit=task.n_ops + 2, include_gold=True, seed=seed)
     search = MCTS(sampler, search_task, tokenizer, config)

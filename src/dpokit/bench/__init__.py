@@ -63,11 +63,24 @@ __all__ = ["add_arguments", "run", "main", "format_report", "model_flops"]
 DEFAULT_LAYOUTS = ("padded", "packed", "prompt_shared")
 
 
+# the benchmarks of the other modalities: a module each with add_arguments(parser) and run(args, workdir)
+_MODALITY_HELP = {
+    "vlm": "a tiny Llava on image + text pairs (dpokit.bench.vlm)",
+    "diffusion": "a tiny UNet on image pairs against the official Diffusion-DPO step (dpokit.bench.diffusion)",
+    "steps": "MCTS-DPO search speed, shared-prefix KV cache vs naive re-encoding (dpokit.bench.steps)",
+}
+
+
+def _modality_benches() -> dict:
+    from . import diffusion, steps, vlm
+
+    return {"vlm": vlm, "diffusion": diffusion, "steps": steps}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--modality", choices=("text", "vlm", "diffusion"), default="text",
-                        help="text: a tiny Llama on text pairs (default); vlm: a tiny Llava on image + text pairs "
-                             "(dpokit.bench.vlm); diffusion: a tiny UNet on image pairs against the official "
-                             "Diffusion-DPO step (dpokit.bench.diffusion)")
+    parser.add_argument("--modality", choices=("text", *_MODALITY_HELP), default="text",
+                        help="text: a tiny Llama on text pairs (default); "
+                             + "; ".join(f"{name}: {text}" for name, text in _MODALITY_HELP.items()))
     parser.add_argument("--data", default=None, metavar="PATH",
                         help=f"preference pairs (JSONL or any format dpokit reads); default: {GENERATED_PAIRS} "
                              "HH-style dialogue pairs generated from --seed")
@@ -124,10 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    from . import diffusion, vlm
-
-    vlm.add_arguments(parser)
-    diffusion.add_arguments(parser)
+    for bench in _modality_benches().values():
+        bench.add_arguments(parser)
 
 
 def run(args) -> int:
@@ -153,14 +164,9 @@ def run(args) -> int:
 def _run(args, workdir: str) -> int:
     import torch
 
-    if getattr(args, "modality", "text") == "vlm":
-        from . import vlm
-
-        return vlm.run(args, workdir)
-    if getattr(args, "modality", "text") == "diffusion":
-        from . import diffusion
-
-        return diffusion.run(args, workdir)
+    bench = _modality_benches().get(getattr(args, "modality", "text"))
+    if bench is not None:  # a non-text modality's benchmark runs on its own
+        return bench.run(args, workdir)
 
     if args.threads:
         torch.set_num_threads(args.threads)

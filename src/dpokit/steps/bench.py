@@ -1,6 +1,6 @@
 """Search throughput: shared-prefix expansion (one prefix forward, a KV cache repeated for the siblings)
 against naive re-encoding (each sibling alone, the whole context re-run at every token), same search,
-same process."""
+same process. ``dpokit bench --modality steps`` (:mod:`dpokit.bench.steps`) runs it from the command line."""
 
 from __future__ import annotations
 
@@ -12,15 +12,18 @@ from .search import MCTS, SearchConfig, SearchTask
 
 
 def run_search(model, tokenizer, task: SearchTask, prompts: Sequence[str], separator_ids: List[int],
-               config: SearchConfig, shared: bool, max_step_tokens: int = 16) -> Dict[str, float]:
+               config: SearchConfig, shared: bool, max_step_tokens: int = 16,
+               clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
+    """One search over ``prompts`` with one expansion layout; its rates and counts (``clock``: the
+    timer, wall clock by default, ``time.process_time`` for CPU time)."""
     sampler = StepSampler(model, separator_ids, tokenizer.eos_token_id, max_step_tokens=max_step_tokens,
                           shared=shared, seed=config.seed)
     search = MCTS(sampler, task, tokenizer, config)
-    started = time.perf_counter()
+    started = clock()
     pairs = 0
     for prompt in prompts:
         pairs += len(search.pairs(search.search(prompt)))
-    seconds = time.perf_counter() - started
+    seconds = clock() - started
     s = sampler.stats
     return {
         "layout": "shared_prefix_kv" if shared else "naive_reencode",

@@ -11,16 +11,26 @@ holding the prompt and the response tokens before ``t``) is the head's output at
 ``list_token_mask``: what :func:`dpokit.losses.value.oreo_loss` reads. Train both models with
 ``Trainer(config, scorer_wrapper=lambda s: ValueScorer(s, value_model, sep), param_groups=...)``, the
 value model's parameters in their own optimizer group (:func:`oreo_param_groups`).
+
+The trainer keeps the value model with the policy: every checkpoint and ``final/`` hold
+``value.safetensors`` (:meth:`ValueScorer.checkpoint_state`), ``--resume`` restores it with the
+optimizer state (which already covers its parameter group), and ``ValueModel.from_checkpoint(policy,
+"run/final")`` loads it for value-guided beam search.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Iterable, List, Optional, Sequence
+import os
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 
+from ..errors import CheckpointError
 from ..scoring.steps import step_index_tensor
+
+VALUE_FILE = "value.safetensors"  # in a trainer's checkpoints and final/, beside the policy
 
 
 class ValueModel(torch.nn.Module):
@@ -35,6 +45,40 @@ class ValueModel(torch.nn.Module):
     def from_policy(cls, policy) -> "ValueModel":
         """A copy of ``policy``'s transformer trunk (``policy.base_model``) and a zero head."""
         return cls(copy.deepcopy(policy.base_model), policy.config.hidden_size)
+
+    @classmethod
+    def from_checkpoint(cls, policy, path: str) -> "ValueModel":
+        """The value model a trainer saved with ``policy`` (``path``: a checkpoint or ``final/`` directory
+        holding :data:`VALUE_FILE`, or the file itself), for value-guided beam search or further training."""
+        model = cls.from_policy(policy)
+        model.load(path)
+        return model
+
+    def state_tensors(self) -> Dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
+
+    def save(self, path: str) -> str:
+        """Write the trunk and the head to ``path`` (a directory: ``path/value.safetensors``)."""
+        file = os.path.join(path, VALUE_FILE) if os.path.isdir(path) else path
+        save_file(self.state_tensors(), file)
+        return file
+
+    def load(self, path: str) -> None:
+        """Load weights written by :meth:`save` (or a trainer's checkpoint); every tensor must match."""
+        file = os.path.join(path, VALUE_FILE) if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise CheckpointError(f"{file}: no value model saved there (a run trained with the OREO value scorer "
+                                  f"writes {VALUE_FILE} into its checkpoints and final/)")
+        weights = load_file(file)
+        own = self.state_dict()
+        missing, unknown = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+        wrong = [k for k in own if k in weights and weights[k].shape != own[k].shape]
+        if missing or unknown or wrong:
+            raise CheckpointError(f"{file}: does not fit this value model (missing {missing[:3]}, unknown "
+                                  f"{unknown[:3]}, other shapes {wrong[:3]})")
+        with torch.no_grad():
+            for name, value in own.items():
+                value.copy_(weights[name].to(value.device, value.dtype))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Values [N, L]: position ``j`` is the value of the state holding tokens ``0..j``."""
@@ -89,6 +133,14 @@ class ValueScorer:
 
     def external_parameters(self, model) -> list:
         return self.inner.external_parameters(model)
+
+    def checkpoint_state(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        """What the trainer writes into each checkpoint and ``final/`` beside the policy."""
+        return {VALUE_FILE: self.value_model.state_tensors()}
+
+    def load_checkpoint_state(self, path: str) -> None:
+        """On resume: the value model as the checkpoint ``path`` holds it."""
+        self.value_model.load(path)
 
     def loss_inputs(self, policy, batch, reference=None):
         inputs = self.inner.loss_inputs(policy, batch, reference)

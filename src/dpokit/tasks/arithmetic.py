@@ -259,3 +259,28 @@ class ArithmeticTask:
 def arithmetic_reward(prompt: str, response: str) -> float:
     """The arithmetic task's outcome reward as a judge (``dpokit.tasks.arithmetic:arithmetic_reward``)."""
     return ArithmeticTask().reward(prompt, response)
+
+
+class ArithmeticSearchTask:
+    """The arithmetic task as tree search sees it (``online.options.task`` of ``mcts_dpo``): outcomes,
+    gold steps and the step checker (the ``evaluator: verifier`` ablation), all from the prompt text."""
+
+    separator = STEP_SEPARATOR
+
+    def __init__(self, task: Optional[ArithmeticTask] = None):
+        self.task = task or ArithmeticTask()
+
+    def outcome(self, prompt: str, steps: Sequence[str]) -> bool:
+        return self.task.verify(self.task.problem_of(prompt), steps).outcome
+
+    def gold(self, prompt: str) -> List[str]:
+        return self.task.problem_of(prompt).gold()
+
+    def check(self, prompt: str, steps: Sequence[str]) -> float:
+        """1 when every step so far is right, else 0."""
+        return float(all(self.task.verify(self.task.problem_of(prompt), steps).steps))
+
+
+def search_task() -> ArithmeticSearchTask:
+    """``dpokit.tasks.arithmetic:search_task``: the arithmetic task for ``online.strategy: mcts_dpo``."""
+    return ArithmeticSearchTask()

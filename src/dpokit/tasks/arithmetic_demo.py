@@ -122,12 +122,12 @@ def outcome_pairs(task: ArithmeticTask, problems, samples, seed: int) -> List[di
 def search_step_pairs(model, tokenizer, task: ArithmeticTask, problems, seed: int) -> List[StepPair]:
     from ..steps import MCTS, SearchConfig, SearchTask, StepSampler
 
+    from .arithmetic import ArithmeticSearchTask
+
     sep = separator_ids(tokenizer, STEP_SEPARATOR)
     decode = lambda ids: tokenizer.decode([i for i in ids if i not in sep], skip_special_tokens=True).strip()  # noqa: E731
-    verdict = lambda prompt, steps: task.verify(task.problem_of(prompt), steps)  # noqa: E731
-    search_task = SearchTask(evaluate=lambda p, s: float(all(verdict(p, s).steps)),
-                             outcome=lambda p, s: verdict(p, s).outcome, decode=decode,
-                             gold=lambda p: task.problem_of(p).gold())
+    hooks = ArithmeticSearchTask(task)
+    search_task = SearchTask(evaluate=hooks.check, outcome=hooks.outcome, decode=decode, gold=hooks.gold)
     config = SearchConfig(n_iters=4, depth_limit=task.n_ops + 2, seed=seed)
     search = MCTS(StepSampler(model, sep, tokenizer.eos_token_id, max_step_tokens=12, seed=seed), search_task,
                   tokenizer, config)

@@ -168,7 +168,10 @@ def save_checkpoint(
     trainer_state: Dict[str, Any],
     loss_state: Optional[Dict[str, Any]] = None,
     keep_last: int = 2,
+    extra_files: Optional[Dict[str, Dict[str, torch.Tensor]]] = None,
 ) -> str:
+    """``extra_files``: more safetensors files (name -> tensors) the checkpoint holds, e.g. the OREO value
+    model of the scorer (``value.safetensors``); the manifest covers them like every other file."""
     os.makedirs(directory, exist_ok=True)
     remove_stale_temp(directory)
     final = step_path(directory, step)
@@ -178,6 +181,8 @@ def save_checkpoint(
     os.makedirs(tmp)
     try:
         save_file(trainable_state(model), os.path.join(tmp, "model.safetensors"))
+        for name, tensors in (extra_files or {}).items():
+            save_file(tensors, safe_join(tmp, name))
         torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
         _write_run_state(tmp, step, scheduler, trainer_state, loss_state)
         _seal_and_publish(tmp, final, directory)

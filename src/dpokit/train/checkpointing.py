@@ -44,13 +44,24 @@ class CheckpointingMixin:
             try:
                 path = ckpt.save_checkpoint(self.checkpoint_dir, self.state["step"], model, self.optimizer,
                                             self.scheduler, state, self.loss_fn.state_dict(),
-                                            self.config.train.keep_last)
+                                            self.config.train.keep_last, self._scorer_state())
             except OSError:  # reach the barrier the other processes wait at, then report
                 self.accelerator.wait_for_everyone()
                 raise
         self.accelerator.wait_for_everyone()
         self._saved = (self.state["step"], path or ckpt.step_path(self.checkpoint_dir, self.state["step"]))
         return path
+
+    def _scorer_state(self) -> Dict[str, Any]:
+        """Files of models the scorer trains outside the policy (``checkpoint_state()``: the OREO value
+        model, :class:`dpokit.steps.value.ValueScorer`); none for the plain scorers."""
+        get = getattr(self.scorer, "checkpoint_state", None)
+        return get() if callable(get) else {}
+
+    def _restore_scorer_state(self, path: str) -> None:
+        load = getattr(self.scorer, "load_checkpoint_state", None)
+        if callable(load):
+            load(path)
 
     def _periodic_checkpoint(self) -> None:
         """A periodic checkpoint that fails (a full disk) leaves the previous one intact; training goes
@@ -68,6 +79,9 @@ class CheckpointingMixin:
             raise FileNotFoundError(f"--resume: no valid checkpoint under {self.checkpoint_dir}")
         if ckpt.is_engine_checkpoint(path):
             state = ckpt.load_engine_checkpoint(path, self.accelerator, self.scheduler)
+            if self._scorer_state():
+                raise CheckpointError(f"{path}: an {self.engine_kind} checkpoint does not hold the scorer's own "
+                                      "models (the OREO value model); resume it in a single-process or DDP run")
         elif self.sharded_state:
             raise CheckpointError(
                 f"{path} was written by a single-process or DDP run; an {self.engine_kind} run resumes only its own "
@@ -75,6 +89,7 @@ class CheckpointingMixin:
         else:
             model = self.accelerator.unwrap_model(self.model)
             state = ckpt.load_checkpoint(path, model, self.optimizer, self.scheduler)
+            self._restore_scorer_state(path)
         self.loss_fn.load_state_dict(state.pop("loss_state", {}))
         state.pop("rng", None)
         self.state.update({k: v for k, v in state.items() if k in self.state})
@@ -107,6 +122,11 @@ class CheckpointingMixin:
         base = (lambda: load_causal_lm(self.config.model.name_or_path, self.config.model)) if self._policy_from_path else None
         final = ckpt.save_final_model(self.accelerator, self.model, self.tokenizer, safe_join(self.output_dir, "final"),
                                       self.sharded_state, base)
+        if self.is_main:
+            from safetensors.torch import save_file
+
+            for name, tensors in self._scorer_state().items():  # the value model beside the policy it was trained with
+                save_file(tensors, safe_join(final, name))
         if self.is_main:  # final/README.md: a Hugging Face model card, so the directory can be pushed as it is
             write_model_card(final, self.config, num_examples={"train": len(self.train_examples),
                                                                "eval": len(self.eval_examples)})
