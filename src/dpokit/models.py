@@ -35,7 +35,16 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False, revision:
     """A vision-language model's processor (tokenizer + image processor); the tokenizer gets a pad token."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    try:
+        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    except (ImportError, ValueError, AttributeError, TypeError) as err:  # e.g. a video half that needs torchvision
+        processor, failure = None, err
+    else:
+        failure = None
+    if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
+        processor = _grid_processor(name_or_path, trust_remote_code, revision) or processor
+    if processor is None:
+        raise ValueError(f"{name_or_path}: AutoProcessor failed: {failure}")
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None or getattr(processor, "image_processor", None) is None:
         raise ValueError(f"{name_or_path}: no processor with an image processor and a tokenizer was found "
@@ -46,6 +55,16 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False, revision:
             raise ValueError(f"{name_or_path}: the tokenizer has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     return processor
+
+
+def _grid_processor(name_or_path: str, trust_remote_code: bool, revision: Optional[str]):
+    """A patch-grid (Qwen2-VL style) processor from the saved tokenizer + image processor, or None."""
+    from .data.grid_processor import GridImageProcessor
+
+    try:
+        return GridImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def load_causal_lm(name_or_path: str, cfg: ModelConfig):

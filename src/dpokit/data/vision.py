@@ -179,6 +179,7 @@ class VisionTokenizedExample(TokenizedExample):
     pixel_values: Optional[torch.Tensor] = None
     image_sizes: Optional[torch.Tensor] = None
     image_token_id: int = -1
+    image_grid_thw: Optional[torch.Tensor] = None  # [n_images, 3] patch grids (Qwen2-VL-style processors)
 
 
 def _structured(messages: list) -> list:
@@ -200,7 +201,8 @@ def _render(example, processor) -> Tuple[str, List[str], bool]:
     completions = [example.chosen, example.rejected] if isinstance(example, PreferencePair) else [example.completion]
     prompt = example.prompt
     if isinstance(prompt, str) and all(isinstance(c, str) for c in completions):
-        return prompt, list(completions), False
+        token = getattr(processor, "image_token", IMAGE_MARK)
+        return prompt.replace(IMAGE_MARK, token), list(completions), False
     if getattr(processor, "chat_template", None) is None:
         raise DataError(example.location, "prompt", "is a message list but the processor has no chat template",
                         "set processor.chat_template or give text fields")
@@ -275,7 +277,8 @@ def tokenize_vision_examples(examples: Sequence, processor, max_length: int = 51
         out.append(VisionTokenizedExample(i, prompt_ids, completions, label, dict(example.extras), example.location,
                                           pixel_values=encoded.get("pixel_values") if images else None,
                                           image_sizes=encoded.get("image_sizes") if images else None,
-                                          image_token_id=image_token_id))
+                                          image_token_id=image_token_id,
+                                          image_grid_thw=encoded.get("image_grid_thw") if images else None))
     return out, report
 
 
@@ -287,6 +290,7 @@ class VisionGroups(list):
 
     pixel_values: Optional[torch.Tensor] = None
     image_sizes: Optional[torch.Tensor] = None
+    image_grid_thw: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -296,6 +300,7 @@ class VisionBatch(Batch):
 
     pixel_values: Optional[torch.Tensor] = None
     image_sizes: Optional[torch.Tensor] = None
+    image_grid_thw: Optional[torch.Tensor] = None
 
 
 def _virtual_ids(prompt: Sequence[int], image_token_id: int, start: int) -> Tuple[List[int], int]:
@@ -318,7 +323,9 @@ def collate_vision(examples: Sequence[VisionTokenizedExample], kind: str = "pair
     pixels = [ex.pixel_values for ex in examples if ex.pixel_values is not None]
     sizes = [ex.image_sizes for ex in examples if ex.image_sizes is not None]
     groups.pixel_values = torch.cat(pixels) if pixels else None
+    grids = [ex.image_grid_thw for ex in examples if ex.image_grid_thw is not None]
     groups.image_sizes = torch.cat(sizes) if sizes else None
+    groups.image_grid_thw = torch.cat(grids) if grids else None
     return VisionBatch(base.kind, groups, base.index, base.labels, base.extras, base.scores,
-                       groups.pixel_values, groups.image_sizes)
+                       groups.pixel_values, groups.image_sizes, groups.image_grid_thw)
 
