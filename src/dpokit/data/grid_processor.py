@@ -15,19 +15,21 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence
 
+from transformers import ProcessorMixin
+
 DEFAULT_IMAGE_TOKEN = "<|image_pad|>"
 
 
-class GridImageProcessor:
+class GridImageProcessor(ProcessorMixin):
     """``processor(images=..., text=[...], add_special_tokens=..., return_tensors="pt")`` for
-    image processors that return ``image_grid_thw`` (and have ``merge_size``)."""
+    image processors that return ``image_grid_thw`` (and have ``merge_size``). A ``ProcessorMixin``,
+    so trainers that type-check their processing class (TRL's) take it."""
 
     def __init__(self, image_processor, tokenizer, chat_template: Optional[str] = None,
                  image_token: Optional[str] = None):
         if not hasattr(image_processor, "merge_size"):
             raise ValueError(f"{type(image_processor).__name__} has no merge_size: not a patch-grid image processor")
-        self.image_processor = image_processor
-        self.tokenizer = tokenizer
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or tokenizer.chat_template)
         self.image_token = image_token or getattr(tokenizer, "image_token", None) or DEFAULT_IMAGE_TOKEN
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
@@ -35,7 +37,8 @@ class GridImageProcessor:
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
 
     def apply_chat_template(self, messages, **kwargs):
-        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, **kwargs)
+        kwargs.setdefault("chat_template", self.chat_template)
+        return self.tokenizer.apply_chat_template(messages, **kwargs)
 
     def _expand(self, texts: Sequence[str], counts: List[int]) -> List[str]:
         counts = iter(counts)
@@ -60,7 +63,8 @@ class GridImageProcessor:
         image_inputs = {}
         counts: List[int] = []
         if images:
-            image_inputs = dict(self.image_processor(images=list(images), return_tensors=return_tensors))
+            flat = [im for item in images for im in (item if isinstance(item, (list, tuple)) else [item])]
+            image_inputs = dict(self.image_processor(images=flat, return_tensors=return_tensors))
             merge = int(self.image_processor.merge_size)
             counts = [int(n) for n in (image_inputs["image_grid_thw"].prod(-1) // merge ** 2).tolist()]
         encoded = self.tokenizer(self._expand(texts, counts), return_tensors=return_tensors, **kwargs)
@@ -69,7 +73,8 @@ class GridImageProcessor:
         out.update(image_inputs)
         return out
 
-    def save_pretrained(self, directory: str) -> None:
+    def save_pretrained(self, directory: str, **kwargs) -> None:
+        """The tokenizer and image processor only (what :meth:`from_pretrained` reads back)."""
         self.tokenizer.save_pretrained(directory)
         self.image_processor.save_pretrained(directory)
 
