@@ -19,6 +19,20 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# How each model.kind loads, as its family (dpokit.families) declares it: ``auto_class`` (the
+# transformers Auto class name), ``load_assets(path, trust_remote_code, revision)`` (tokenizer or
+# processor), ``prepare_model(model, config)`` (after loading) and ``lora_targets(model, targets)``.
+# Kinds not registered load as causal LMs.
+KINDS: Dict[str, object] = {}
+
+
+def register_kind(kind: str, family) -> None:
+    KINDS[kind] = family
+
+
+def _kind(cfg):
+    return KINDS.get(getattr(cfg, "kind", "causal_lm"))
+
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: Optional[str] = None):
     from transformers import AutoTokenizer
@@ -68,11 +82,11 @@ def _grid_processor(name_or_path: str, trust_remote_code: bool, revision: Option
 
 
 def load_causal_lm(name_or_path: str, cfg: ModelConfig):
-    """The model at ``name_or_path``: a causal LM, or with ``cfg.kind == "vlm"`` a vision-language
-    model (``AutoModelForImageTextToText``)."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    """The model at ``name_or_path``, through the Auto class of ``cfg.kind``'s family
+    (``AutoModelForCausalLM``; a vision-language model: ``AutoModelForImageTextToText``)."""
+    import transformers
 
-    auto = AutoModelForImageTextToText if getattr(cfg, "kind", "causal_lm") == "vlm" else AutoModelForCausalLM
+    auto = getattr(transformers, getattr(_kind(cfg), "auto_class", "AutoModelForCausalLM"))
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}
     if cfg.dtype != "auto":
         kwargs["dtype"] = DTYPES[cfg.dtype]
@@ -95,7 +109,7 @@ def load_named(name_or_path: str, cfg: ModelConfig, key: str, tokenizer: bool = 
     a model that cannot be loaded (no such directory, no config.json, no safetensors weights, an
     unreachable hub) ends in a :class:`~dpokit.errors.ConfigError` naming the key, not a traceback."""
     try:
-        load = load_processor if getattr(cfg, "kind", "causal_lm") == "vlm" else load_tokenizer
+        load = getattr(_kind(cfg), "load_assets", load_tokenizer)
         loaded_tokenizer = load(name_or_path, cfg.trust_remote_code, cfg.revision) if tokenizer else None
         model = load_causal_lm(name_or_path, cfg)
     except (OSError, ValueError) as err:
@@ -108,8 +122,9 @@ def apply_lora(model, cfg: Config):
 
     lora = cfg.lora
     targets = lora.target_modules
-    if cfg.model.kind == "vlm" and targets == "all-linear":
-        targets = language_model_linear(model)
+    family = _kind(cfg.model)
+    if family is not None:
+        targets = family.lora_targets(model, targets)
     peft_config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -151,8 +166,9 @@ def load_policy(cfg: Config):
     processor, and the vision tower frozen unless ``model.freeze_vision`` is false)."""
     tokenizer, model = load_named(cfg.model.name_or_path, cfg.model, "model.name_or_path", tokenizer=True)
     model.config.use_cache = False
-    if cfg.model.kind == "vlm" and cfg.model.freeze_vision:
-        freeze_vision(model)
+    family = _kind(cfg.model)
+    if family is not None:
+        family.prepare_model(model, cfg)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora.enabled:
