@@ -33,6 +33,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ...data.collate import Batch
+from ...data.vision import collate_vision
 from ...errors import ConfigError
 from ...losses import Needs
 from ..lm.engine import LogProbEngine
@@ -107,7 +108,10 @@ class ImageEmbeddingBackbone(torch.nn.Module):
 
 
 class VisionLogProbEngine(LogProbEngine):
-    """:class:`~dpokit.scoring.lm.LogProbEngine` for batches of :class:`~dpokit.data.vision.VisionBatch`."""
+    """:class:`~dpokit.scoring.lm.LogProbEngine` for batches of :class:`~dpokit.data.vision.VisionBatch`.
+    ``collate``: how batches of its examples are built (what the reference cache uses)."""
+
+    collate = staticmethod(collate_vision)
 
     def __init__(self, needs: Needs, pad_token_id: int, layout: str = "padded", chunk_size: int = 1024):
         if needs.prompt_logps:
