@@ -66,6 +66,16 @@ class CausalLMFamily:
     def lora_targets(self, model, targets):
         return targets
 
+    # `dpokit eval`: the log-prob engine class its pairs are scored with, and whether the text-only
+    # diagnostics (drift / top-k / separability / layer trace over token ids) and generation apply
+    text_diagnostics = True
+
+    @staticmethod
+    def eval_engine():
+        from .scoring.lm.engine import LogProbEngine
+
+        return LogProbEngine
+
     def check(self, config) -> None:
         """A model named by a local path that does not exist fails here, not inside transformers."""
         for key, value in (("model.name_or_path", config.model.name_or_path),
@@ -122,6 +132,13 @@ class VisionLanguageFamily(CausalLMFamily):
 
     scorer = "vlm"
     auto_class = "AutoModelForImageTextToText"
+    text_diagnostics = False  # they read token ids only; the images would be missing
+
+    @staticmethod
+    def eval_engine():
+        from .scoring.vlm import VisionLogProbEngine
+
+        return VisionLogProbEngine
 
     @staticmethod
     def load_assets(*args):
