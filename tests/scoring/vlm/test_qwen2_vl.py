@@ -117,7 +117,7 @@ def test_layouts_equal_padded_in_logps_and_gradients(model, processor, layout):
         assert (grads[name] - grad).abs().max() <= GRAD_REL * scale, name
 
 
-def test_a_dpo_loss_runs_through_the_registered_scorer_checks(model):
+def test_qwen2_vl_passes_the_scorer_and_layout_checks(model):
     check_vision_model(model)  # qwen2_vl is supported, no longer refused
     from dpokit.scoring.lm.layouts import check_layout
 
@@ -172,3 +172,14 @@ def test_positions_of_sequences_packed_in_one_row(model, processor, share_prompt
             expected.append(full[:, 0, keep:])
     expected = torch.cat(expected, dim=1)
     assert packed.input_ids.shape[0] == 1 and bool((got[:, :expected.shape[1]] == expected).all())
+
+
+def test_the_grid_processor_refuses_image_and_token_counts_that_differ(processor):
+    image = colours.draw("red", random.Random(0))
+    text = processor.apply_chat_template(colours.prompt_messages(), add_generation_prompt=True, tokenize=False)
+    with pytest.raises(ValueError, match="more images than image tokens"):
+        processor(images=[image, image], text=[text], add_special_tokens=False)
+    with pytest.raises(ValueError, match="more image tokens than there are images"):
+        processor(images=[image], text=[text + processor.image_token], add_special_tokens=False)
+    inputs = processor(images=[image], text=[text], add_special_tokens=False)
+    assert int(inputs["mm_token_type_ids"].sum()) == 16 == int((inputs["input_ids"] == processor.image_token_id).sum())
