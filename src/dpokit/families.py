@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict
 from .data.files import looks_like_hub_id
 from .diffusion_family import DiffusionFamily
 from .errors import ConfigError
+from .models import register_kind
 
 FAMILIES: Dict[str, Any] = {}
 
@@ -32,6 +33,8 @@ def register_family(name: str) -> Callable:
 
     def decorator(cls):
         FAMILIES[name] = cls()
+        if hasattr(cls, "auto_class"):  # a transformers family: dpokit.models loads it this way
+            register_kind(name, FAMILIES[name])
         return cls
 
     return decorator
@@ -49,6 +52,29 @@ class CausalLMFamily:
     """Hugging Face causal language models: tokenizer, tokenized text records, padded batches."""
 
     scorer = "causal_lm"
+    auto_class = "AutoModelForCausalLM"  # how dpokit.models loads the policy, reference and checkpoints
+
+    @staticmethod
+    def load_assets(*args):
+        from .models import load_tokenizer
+
+        return load_tokenizer(*args)
+
+    def prepare_model(self, model, config) -> None:
+        """After loading, before LoRA."""
+
+    def lora_targets(self, model, targets):
+        return targets
+
+    # `dpokit eval`: the log-prob engine class its pairs are scored with, and whether the text-only
+    # diagnostics (drift / top-k / separability / layer trace over token ids) and generation apply
+    text_diagnostics = True
+
+    @staticmethod
+    def eval_engine():
+        from .scoring.lm.engine import LogProbEngine
+
+        return LogProbEngine
 
     def check(self, config) -> None:
         """A model named by a local path that does not exist fails here, not inside transformers."""
@@ -67,7 +93,7 @@ class CausalLMFamily:
     def load_policy(self, config):
         from .models import load_policy
 
-        return load_policy(config)  # model.kind vlm: AutoModelForImageTextToText + processor
+        return load_policy(config)  # through auto_class, load_assets, prepare_model and lora_targets
 
     # how records are read, tokenized and batched (the vision-language family swaps all three)
     @staticmethod
@@ -105,6 +131,35 @@ class VisionLanguageFamily(CausalLMFamily):
     (:mod:`dpokit.data.vision`), the ``vlm`` scorer (docs/vlm.md)."""
 
     scorer = "vlm"
+    auto_class = "AutoModelForImageTextToText"
+    text_diagnostics = False  # they read token ids only; the images would be missing
+
+    @staticmethod
+    def eval_engine():
+        from .scoring.vlm import VisionLogProbEngine
+
+        return VisionLogProbEngine
+
+    @staticmethod
+    def load_assets(*args):
+        from .models import load_processor
+
+        return load_processor(*args)
+
+    def prepare_model(self, model, config) -> None:
+        """The vision tower frozen unless ``model.freeze_vision`` is false."""
+        if config.model.freeze_vision:
+            from .models import freeze_vision
+
+            freeze_vision(model)
+
+    def lora_targets(self, model, targets):
+        """``all-linear``: the language model's linear layers only (vision tower and projector keep none)."""
+        if targets != "all-linear":
+            return targets
+        from .models import language_model_linear
+
+        return language_model_linear(model)
 
     @staticmethod
     def read(*args, **kwargs):

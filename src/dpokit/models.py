@@ -20,6 +20,20 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# How each model.kind loads, as its family (dpokit.families) declares it: ``auto_class`` (the
+# transformers Auto class name), ``load_assets(path, trust_remote_code, revision)`` (tokenizer or
+# processor), ``prepare_model(model, config)`` (after loading) and ``lora_targets(model, targets)``.
+# Kinds not registered load as causal LMs.
+KINDS: Dict[str, object] = {}
+
+
+def register_kind(kind: str, family) -> None:
+    KINDS[kind] = family
+
+
+def _kind(cfg):
+    return KINDS.get(getattr(cfg, "kind", "causal_lm"))
+
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: Optional[str] = None):
     from transformers import AutoTokenizer
@@ -36,7 +50,16 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False, revision:
     """A vision-language model's processor (tokenizer + image processor); the tokenizer gets a pad token."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    try:
+        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    except (ImportError, ValueError, AttributeError, TypeError) as err:  # e.g. a video half that needs torchvision
+        processor, failure = None, err
+    else:
+        failure = None
+    if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
+        processor = _grid_processor(name_or_path, trust_remote_code, revision) or processor
+    if processor is None:
+        raise ValueError(f"{name_or_path}: AutoProcessor failed: {failure}")
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None or getattr(processor, "image_processor", None) is None:
         raise ValueError(f"{name_or_path}: no processor with an image processor and a tokenizer was found "
@@ -49,19 +72,29 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False, revision:
     return processor
 
 
-def load_causal_lm(name_or_path: str, cfg: ModelConfig, layout: str = "padded"):
-    """The model at ``name_or_path``: a causal LM, or with ``cfg.kind == "vlm"`` a vision-language
-    model (``AutoModelForImageTextToText``). ``model.attn_implementation: auto`` picks the kernel
-    for ``layout`` on this machine (:func:`dpokit.kernels.choose_attention`; SDPA for a
-    vision-language model)."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+def _grid_processor(name_or_path: str, trust_remote_code: bool, revision: Optional[str]):
+    """A patch-grid (Qwen2-VL style) processor from the saved tokenizer + image processor, or None."""
+    from .data.grid_processor import GridImageProcessor
 
-    auto = AutoModelForImageTextToText if getattr(cfg, "kind", "causal_lm") == "vlm" else AutoModelForCausalLM
+    try:
+        return GridImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def load_causal_lm(name_or_path: str, cfg: ModelConfig, layout: str = "padded"):
+    """The model at ``name_or_path``, through the Auto class of ``cfg.kind``'s family
+    (``AutoModelForCausalLM``; a vision-language model: ``AutoModelForImageTextToText``).
+    ``model.attn_implementation: auto`` picks the kernel for ``layout`` on this machine
+    (:func:`dpokit.kernels.choose_attention`; SDPA for a vision-language model)."""
+    import transformers
+
+    auto = getattr(transformers, getattr(_kind(cfg), "auto_class", "AutoModelForCausalLM"))
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}
     if cfg.dtype != "auto":
         kwargs["dtype"] = DTYPES[cfg.dtype]
     # vision-language models: the vision tower takes the same kernel, which flex/flash may not serve
-    attn = resolve_attention(cfg.attn_implementation, layout if auto is AutoModelForCausalLM else "padded",
+    attn = resolve_attention(cfg.attn_implementation, layout if auto is transformers.AutoModelForCausalLM else "padded",
                              dtype=cfg.dtype)
     if attn:
         kwargs["attn_implementation"] = attn
@@ -82,7 +115,7 @@ def load_named(name_or_path: str, cfg: ModelConfig, key: str, tokenizer: bool = 
     a model that cannot be loaded (no such directory, no config.json, no safetensors weights, an
     unreachable hub) ends in a :class:`~dpokit.errors.ConfigError` naming the key, not a traceback."""
     try:
-        load = load_processor if getattr(cfg, "kind", "causal_lm") == "vlm" else load_tokenizer
+        load = getattr(_kind(cfg), "load_assets", load_tokenizer)
         loaded_tokenizer = load(name_or_path, cfg.trust_remote_code, cfg.revision) if tokenizer else None
         model = load_causal_lm(name_or_path, cfg, layout)
     except (OSError, ValueError) as err:
@@ -95,8 +128,9 @@ def apply_lora(model, cfg: Config):
 
     lora = cfg.lora
     targets = lora.target_modules
-    if cfg.model.kind == "vlm" and targets == "all-linear":
-        targets = language_model_linear(model)
+    family = _kind(cfg.model)
+    if family is not None:
+        targets = family.lora_targets(model, targets)
     peft_config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -139,8 +173,9 @@ def load_policy(cfg: Config):
     tokenizer, model = load_named(cfg.model.name_or_path, cfg.model, "model.name_or_path", tokenizer=True,
                                   layout=cfg.train.layout)
     model.config.use_cache = False
-    if cfg.model.kind == "vlm" and cfg.model.freeze_vision:
-        freeze_vision(model)
+    family = _kind(cfg.model)
+    if family is not None:
+        family.prepare_model(model, cfg)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora.enabled:

@@ -134,15 +134,14 @@ def _check_vision(config: Config, loss) -> None:
     """``model.kind: vlm``: what the vision-language path does not (yet) serve."""
     if config.model.kind != "vlm":
         return
-    if config.data.kind not in ("pairs", "unpaired") or loss.needs.data not in ("pairs", "unpaired"):
-        raise ConfigError(f"model.kind: vlm trains on pairs or unpaired data; loss {loss.name!r} with data.kind "
-                          f"{config.data.kind!r} is not served yet")
+    served = config.data.kind in ("pairs", "unpaired") and loss.needs.data in ("pairs", "unpaired")
+    if not served and not (config.data.kind == "lists" and loss.needs.data == "lists"):
+        raise ConfigError(f"model.kind: vlm trains on pairs, unpaired data or (a listwise loss) lists; loss "
+                          f"{loss.name!r} with data.kind {config.data.kind!r} is not served yet (pairs built from "
+                          "lists would lose their images)")
     if loss.needs.prompt_logps:
         raise ConfigError(f"model.kind: vlm: loss {loss.name!r} reads the prompt's own log-probs, which are not "
                           "defined at image positions")
-    if config.reference.precompute:
-        raise ConfigError("reference.precompute: not supported with model.kind: vlm (the cached batches would "
-                          "need their images); use a reference model")
     if config.online.strategy:
         raise ConfigError("online.strategy: online rounds sample text only; not supported with model.kind: vlm")
 

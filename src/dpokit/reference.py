@@ -113,10 +113,18 @@ def fingerprint_config(model: torch.nn.Module) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
+IMAGE_FIELDS = ("pixel_values", "image_sizes", "image_grid_thw")  # vision examples: the images are data too
+
+
 def fingerprint_examples(examples: Iterable) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for ex in examples:
         digest.update(json.dumps([ex.index, ex.prompt_ids, ex.completions]).encode())
+        for name in IMAGE_FIELDS:
+            value = getattr(ex, name, None)
+            if value is not None:
+                digest.update(name.encode() + repr(tuple(value.shape)).encode())
+                digest.update(value.detach().cpu().contiguous().float().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -352,7 +360,8 @@ def _compute(inner, engine, examples: List, batch_size: int, total: int, filler:
         chunk = chunk or list(filler)
         if not chunk:
             continue
-        batch = collate(chunk, "pairs" if all(len(ex.completions) == 2 for ex in chunk) else "unpaired")
+        batch = getattr(engine, "collate", collate)(chunk, "pairs" if all(len(ex.completions) == 2 for ex in chunk)
+                                                    else "unpaired")  # a vision engine's collate keeps the images
         with torch.no_grad():
             lp = inner.token_logprobs(engine, batch)
         if not keep:

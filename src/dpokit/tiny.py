@@ -177,3 +177,66 @@ def tiny_llava(processor, hidden_size: int = 64, num_layers: int = 2, num_heads:
         torch.random.set_rng_state(state)
     model.config.use_cache = False
     return model
+
+
+# Qwen2-VL: each image renders as <|vision_start|><|image_pad|><|vision_end|> (the pad expanded
+# to one token per merged patch by the processor).
+QWEN_VISION_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+QWEN_VLM_CHAT_TEMPLATE = VLM_CHAT_TEMPLATE.replace("<image>", "<|vision_start|><|image_pad|><|vision_end|>")
+
+
+def tiny_qwen2_vl_processor(texts: Iterable[str], vocab_size: int = 512, patch_size: int = 2, merge_size: int = 2,
+                            min_pixels: int = 16 * 16, max_pixels: int = 16 * 32, word_level: bool = False):
+    """A Qwen2-VL processor built in code: a tokenizer trained on ``texts`` with the vision tokens, and
+    Qwen2-VL's image processor (PIL backend) with ``patch_size`` patches merged ``merge_size`` x
+    ``merge_size`` (a 16 x 16 image: ``(16 / patch / merge) ** 2`` tokens; images are resized to
+    between ``min_pixels`` and ``max_pixels``). Without ``torchvision`` (which ``Qwen2VLProcessor``'s
+    video half needs) this is a :class:`~dpokit.data.grid_processor.GridImageProcessor`; saved
+    with ``save_pretrained``, :func:`dpokit.models.load_processor` loads it back."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from .data.grid_processor import GridImageProcessor
+
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size, word_level=word_level)
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_VISION_TOKENS})
+    tokenizer.chat_template = QWEN_VLM_CHAT_TEMPLATE
+    image_processor = Qwen2VLImageProcessorPil(patch_size=patch_size, temporal_patch_size=1, merge_size=merge_size,
+                                               min_pixels=min_pixels, max_pixels=max_pixels)
+    return GridImageProcessor(image_processor, tokenizer, QWEN_VLM_CHAT_TEMPLATE, "<|image_pad|>")
+
+
+def tiny_qwen2_vl(processor, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, vision_dim: int = 16,
+                  vision_layers: int = 2, seed: int = 0, arch: str = "qwen2_vl"):
+    """A small Qwen2-VL (``arch="qwen2_5_vl"``: Qwen2.5-VL) with random weights (seeded), sized to
+    ``processor``: its vision tower's patch and merge sizes, multimodal rotary positions split over
+    (temporal, height, width). Loads back with ``AutoModelForImageTextToText``."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                              Qwen2VLForConditionalGeneration)
+
+    config_class, model_class = {"qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration),
+                                 "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration)}[arch]
+    tokenizer, images = processor.tokenizer, processor.image_processor
+    half = hidden_size // num_heads // 2  # rotary frequencies per head, split over t / h / w
+    section = [half - 2 * (half // 4), half // 4, half // 4]
+    text = dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+                rope_parameters={"rope_type": "default", "mrope_section": section, "rope_theta": 10000.0},
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    vision = dict(depth=vision_layers, hidden_size=hidden_size, num_heads=2, patch_size=int(images.patch_size),
+                  spatial_merge_size=int(images.merge_size), temporal_patch_size=1, in_channels=3)
+    vision.update({"embed_dim": vision_dim} if arch == "qwen2_vl" else
+                  {"hidden_size": vision_dim, "intermediate_size": 2 * vision_dim, "out_hidden_size": hidden_size,
+                   "fullatt_block_indexes": [vision_layers - 1], "window_size": 8})
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in
+           zip(("vision_start_token_id", "image_token_id", "vision_end_token_id", "video_token_id"),
+               QWEN_VISION_TOKENS)}
+    config = config_class(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = model_class(config)
+    finally:
+        torch.random.set_rng_state(state)
+    model.config.use_cache = False
+    return model

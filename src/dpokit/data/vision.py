@@ -5,7 +5,8 @@ Records (JSONL, JSON, Parquet, CSV or a ``datasets.Dataset``; columns as TRL's v
 * ``images``: a list of images (or ``image``: one), each a path (relative paths are resolved
   against the data file's folder), raw bytes, a ``{"bytes": ..., "path": ...}`` dict (how the
   Hugging Face ``Image`` feature stores it in Parquet) or a PIL image;
-* ``prompt``, ``chosen``, ``rejected`` (pairs) or ``prompt``, ``completion``, ``label`` (unpaired):
+* ``prompt``, ``chosen``, ``rejected`` (pairs), ``prompt``, ``completion``, ``label`` (unpaired) or
+  ``prompt``, ``responses``, ``scores`` / ``ranks`` (lists, K responses to one image prompt):
   text or conversational messages. A message's ``content`` is a string or a list of blocks
   ``{"type": "image"}`` / ``{"type": "text", "text": ...}``; in strings the placeholder is ``<image>``.
 
@@ -33,11 +34,13 @@ from ..errors import DataError
 from .collate import Batch, collate
 from .files import iter_records
 from .images import load_pil  # noqa: F401  (images from paths, bytes or PIL objects)
-from .formats import LoadReport, PreferencePair, UnpairedExample, _parse_record, check_extras_consistent, extra_columns
+from .formats import (LoadReport, PreferencePair, RankedList, UnpairedExample, _parse_record, check_extras_consistent,
+                      extra_columns)
 from .tokenize import TRUNCATION_MODES, TokenizedExample, TruncationReport, _truncate
 
 IMAGE_MARK = "<image>"
 TEXT_FIELDS = ("prompt", "chosen", "rejected", "completion")
+COMPLETION_FIELDS = ("chosen", "rejected", "completion")
 
 
 @dataclass
@@ -48,6 +51,14 @@ class VisionPair(PreferencePair):
 @dataclass
 class VisionUnpaired(UnpairedExample):
     images: List[Any] = field(default_factory=list)
+
+
+@dataclass
+class VisionList(RankedList):
+    images: List[Any] = field(default_factory=list)
+
+
+VISION_CLASSES = ((PreferencePair, VisionPair), (UnpairedExample, VisionUnpaired), (RankedList, VisionList))
 
 
 # ---- images ---------------------------------------------------------------------------------------
@@ -105,9 +116,9 @@ def _insert_placeholders(prompt: Any, n: int) -> Any:
 def parse_vision_record(location: str, record: Dict[str, Any], kind: str, base_dir: str) -> list:
     """One record -> :class:`VisionPair` (pairs) or :class:`VisionUnpaired` examples (unpaired; a pair
     record gives a desirable and an undesirable one)."""
-    if kind not in ("pairs", "unpaired"):
+    if kind not in ("pairs", "unpaired", "lists"):
         raise DataError(location, None, f"data.kind {kind!r} is not supported with model.kind: vlm",
-                        "use data.kind pairs or unpaired")
+                        "use data.kind pairs, unpaired or lists")
     record = dict(record)
     if "images" in record:
         images, name = record.pop("images"), "images"
@@ -122,8 +133,12 @@ def parse_vision_record(location: str, record: Dict[str, Any], kind: str, base_d
     for key in TEXT_FIELDS:
         if key in record:
             record[key] = _flatten(location, key, record[key])
-    for key in ("chosen", "rejected", "completion"):
-        if count_placeholders(record.get(key)):
+    if isinstance(record.get("responses"), list):
+        record["responses"] = [_flatten(location, f"responses[{k}]", r) for k, r in enumerate(record["responses"])]
+    completions = [(key, record.get(key)) for key in COMPLETION_FIELDS]
+    completions += [(f"responses[{k}]", r) for k, r in enumerate(record.get("responses") or [])]
+    for key, value in completions:
+        if count_placeholders(value):
             raise DataError(location, key, "holds an image placeholder; images belong to the prompt")
     found = count_placeholders(record.get("prompt"))
     if found == 0 and images:
@@ -134,10 +149,8 @@ def parse_vision_record(location: str, record: Dict[str, Any], kind: str, base_d
     loaded = [load_pil(value, base_dir, location, f"{name}[{i}]") for i, value in enumerate(images)]
     out = []
     for example in _parse_record(location, record, kind):
-        if isinstance(example, PreferencePair):
-            out.append(VisionPair(**example.__dict__, images=loaded))
-        else:
-            out.append(VisionUnpaired(**example.__dict__, images=loaded))
+        cls = next(vision for plain, vision in VISION_CLASSES if isinstance(example, plain))
+        out.append(cls(**example.__dict__, images=loaded))
     return out
 
 
@@ -179,6 +192,7 @@ class VisionTokenizedExample(TokenizedExample):
     pixel_values: Optional[torch.Tensor] = None
     image_sizes: Optional[torch.Tensor] = None
     image_token_id: int = -1
+    image_grid_thw: Optional[torch.Tensor] = None  # [n_images, 3] patch grids (Qwen2-VL-style processors)
 
 
 def _structured(messages: list) -> list:
@@ -196,11 +210,20 @@ def _structured(messages: list) -> list:
     return out
 
 
+def _completions(example) -> list:
+    if isinstance(example, PreferencePair):
+        return [example.chosen, example.rejected]
+    if isinstance(example, RankedList):
+        return list(example.responses)
+    return [example.completion]
+
+
 def _render(example, processor) -> Tuple[str, List[str], bool]:
-    completions = [example.chosen, example.rejected] if isinstance(example, PreferencePair) else [example.completion]
+    completions = _completions(example)
     prompt = example.prompt
     if isinstance(prompt, str) and all(isinstance(c, str) for c in completions):
-        return prompt, list(completions), False
+        token = getattr(processor, "image_token", IMAGE_MARK)
+        return prompt.replace(IMAGE_MARK, token), list(completions), False
     if getattr(processor, "chat_template", None) is None:
         raise DataError(example.location, "prompt", "is a message list but the processor has no chat template",
                         "set processor.chat_template or give text fields")
@@ -272,10 +295,15 @@ def tokenize_vision_examples(examples: Sequence, processor, max_length: int = 51
             report.completion_truncated += 1
             completions = [c[:room] for c in completions]
         label = example.label if isinstance(example, UnpairedExample) else None
-        out.append(VisionTokenizedExample(i, prompt_ids, completions, label, dict(example.extras), example.location,
-                                          pixel_values=encoded.get("pixel_values") if images else None,
-                                          image_sizes=encoded.get("image_sizes") if images else None,
-                                          image_token_id=image_token_id))
+        tokenized = VisionTokenizedExample(i, prompt_ids, completions, label, dict(example.extras), example.location,
+                                           pixel_values=encoded.get("pixel_values") if images else None,
+                                           image_sizes=encoded.get("image_sizes") if images else None,
+                                           image_token_id=image_token_id,
+                                           image_grid_thw=encoded.get("image_grid_thw") if images else None)
+        if isinstance(example, RankedList):
+            tokenized.scores = list(example.scores)
+            tokenized.objectives = {k: list(v) for k, v in example.objectives.items()}
+        out.append(tokenized)
     return out, report
 
 
@@ -287,6 +315,7 @@ class VisionGroups(list):
 
     pixel_values: Optional[torch.Tensor] = None
     image_sizes: Optional[torch.Tensor] = None
+    image_grid_thw: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -296,6 +325,7 @@ class VisionBatch(Batch):
 
     pixel_values: Optional[torch.Tensor] = None
     image_sizes: Optional[torch.Tensor] = None
+    image_grid_thw: Optional[torch.Tensor] = None
 
 
 def _virtual_ids(prompt: Sequence[int], image_token_id: int, start: int) -> Tuple[List[int], int]:
@@ -318,7 +348,9 @@ def collate_vision(examples: Sequence[VisionTokenizedExample], kind: str = "pair
     pixels = [ex.pixel_values for ex in examples if ex.pixel_values is not None]
     sizes = [ex.image_sizes for ex in examples if ex.image_sizes is not None]
     groups.pixel_values = torch.cat(pixels) if pixels else None
+    grids = [ex.image_grid_thw for ex in examples if ex.image_grid_thw is not None]
     groups.image_sizes = torch.cat(sizes) if sizes else None
+    groups.image_grid_thw = torch.cat(grids) if grids else None
     return VisionBatch(base.kind, groups, base.index, base.labels, base.extras, base.scores,
-                       groups.pixel_values, groups.image_sizes)
+                       groups.pixel_values, groups.image_sizes, groups.image_grid_thw)
 

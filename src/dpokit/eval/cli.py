@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     p.add_argument("--format", choices=("json", "table"), default="json")
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--model-kind", choices=("causal_lm", "vlm"), default=None,
+                   help="how to load --model and read --data (default: the run's model.kind, else causal_lm); "
+                        "vlm: image-text records (docs/vlm.md) scored with the model's processor")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("report", help="self-contained HTML report of one or more runs (curves, frontier, samples), "
@@ -161,10 +164,10 @@ def cmd_eval(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from ..data import load_examples, tokenize_examples
+    from ..families import model_family
     from ..models import load_causal_lm
     from ..config import ModelConfig
-    from .runs import default_reference, load_model_for_eval, resolve_model_path
+    from .runs import default_reference, load_model_for_eval, model_kind, resolve_model_path
     from .suite import EvalSettings, evaluate_checkpoint, format_eval_table, load_prompts, prompts_from_texts, write_eval
 
     if not args.data and not (args.prompts and args.generate):
@@ -172,6 +175,11 @@ def _cmd_eval(args) -> int:
         return 2
     kind, _, run_config = resolve_model_path(args.model)
     run_config = (run_config or {}) if kind in ("run", "checkpoint") else {}
+    kind_of_model = model_kind(run_config, getattr(args, "model_kind", None))
+    family = model_family(kind_of_model)
+    if not family.text_diagnostics and (args.prompts or args.explicit_rm or args.reward_model):
+        raise EvalArgumentError(f"model.kind {kind_of_model}: --prompts, --explicit-rm and --reward-model read text "
+                                "prompts only; give --data (image-text pairs)")
     ref_path = args.ref
     if ref_path is None and kind in ("run", "checkpoint"):
         ref_path = default_reference(run_config)
@@ -196,9 +204,9 @@ def _cmd_eval(args) -> int:
         if problem:  # the run's own loss, not asked for: report the rest
             print(f"dpokit eval: the run's loss is not reported: {problem}", file=sys.stderr)
             loss_fn, section, skipped_loss = None, None, problem
-    policy, tokenizer, info = load_model_for_eval(args.model, args.trust_remote_code)
-    reference = load_causal_lm(ref_path, ModelConfig(name_or_path=ref_path, trust_remote_code=args.trust_remote_code)).eval() \
-        if ref_path else None
+    policy, tokenizer, info = load_model_for_eval(args.model, args.trust_remote_code, kind_of_model)
+    reference = load_causal_lm(ref_path, ModelConfig(name_or_path=ref_path, trust_remote_code=args.trust_remote_code,
+                                                     kind=kind_of_model)).eval() if ref_path else None
     import torch
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -213,8 +221,8 @@ def _cmd_eval(args) -> int:
     beta = float(beta) if beta is not None else 0.1
     pairs, dropped = [], 0
     if args.data:
-        examples = load_examples(args.data, "pairs", limit=args.limit)
-        pairs, report = tokenize_examples(examples, tokenizer, max_length=args.max_length)
+        examples = family.read(args.data, "pairs", limit=args.limit)
+        pairs, report = family.tokenize(examples, tokenizer, max_length=args.max_length)
         dropped = len(report.dropped)
     prompts = prompts_from_texts(load_prompts(args.prompts), tokenizer) if args.prompts else None
     settings = EvalSettings(beta=beta, k=args.topk, samples=args.generate, max_prompts=args.max_prompts,
@@ -229,7 +237,7 @@ def _cmd_eval(args) -> int:
         from ..preference.judges import RewardModelJudge
 
         judge = RewardModelJudge.from_pretrained(args.reward_model, args.trust_remote_code, device=str(device))
-    result, rows = evaluate_checkpoint(policy, reference, tokenizer, pairs, prompts, judge, loss_fn, settings)
+    result, rows = evaluate_checkpoint(policy, reference, tokenizer, pairs, prompts, judge, loss_fn, settings, family)
     if args.reward_model:
         result["judge"] = f"reward_model:{args.reward_model}"
     if args.explicit_rm:
@@ -241,7 +249,7 @@ def _cmd_eval(args) -> int:
         result.setdefault("notes", []).append(f"the run's loss is not reported: {skipped_loss}")
     result.update(model=args.model, reference=ref_path, dropped_by_truncation=dropped, step=info.get("step"),
                   loss_name=_loss_label(section) if section else (run_config.get("loss") or {}).get("name"),
-                  loss_config=section)
+                  loss_config=section, model_kind=kind_of_model)
     if args.output:
         path = write_eval(result, rows, args.output)
         print(f"wrote {path}", file=sys.stderr)

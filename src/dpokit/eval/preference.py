@@ -20,10 +20,12 @@ def preference_accuracy(margins: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_pairs(policy, reference, examples: Sequence, pad_token_id: int, loss_fn=None, beta: float = 0.1,
-                   batch_size: int = 16, chunk_size: int = 1024, return_margins: bool = False) -> Dict[str, float]:
+                   batch_size: int = 16, chunk_size: int = 1024, return_margins: bool = False,
+                   engine_class=LogProbEngine, batch_fn=collate) -> Dict[str, float]:
     """``preference_accuracy``, ``reward_margin_mean`` (of ``beta * margin``), ``loss`` (when a loss is
     given; its state is not updated), ``num_pairs``; with ``return_margins`` also ``margins``, the
-    per-pair ``beta * margin`` tensor.
+    per-pair ``beta * margin`` tensor. ``engine_class`` / ``batch_fn``: how the pairs are scored and
+    batched (a vision-language model: ``VisionLogProbEngine`` / ``collate_vision``).
 
     The implicit reward is ``beta * (lp(y) - lr(y))`` with a reference and ``beta * lp(y)/|y|`` (the
     token mean that reference-free losses use) without one.
@@ -34,10 +36,10 @@ def evaluate_pairs(policy, reference, examples: Sequence, pad_token_id: int, los
         needs = replace(loss_fn.needs, reference=loss_fn.needs.reference and reference is not None)
         if loss_fn.needs.reference and reference is None:
             raise ValueError(f"loss {loss_fn.name!r} needs a reference model (--ref)")
-    engine = LogProbEngine(needs, pad_token_id, chunk_size=chunk_size)
+    engine = engine_class(needs, pad_token_id, chunk_size=chunk_size)
     chosen, rejected, losses, lp_w, lp_l = [], [], [], [], []
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size])
+        batch = batch_fn(examples[start:start + batch_size], "pairs")
         inputs = engine.loss_inputs(policy, batch, reference)
         if reference is not None:
             chosen.append(inputs.chosen_logratios().float().cpu())

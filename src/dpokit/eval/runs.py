@@ -179,17 +179,27 @@ def default_reference(config: Dict[str, Any]) -> Optional[str]:
     return (config.get("model") or {}).get("name_or_path") or None
 
 
-def load_model_for_eval(path: str, trust_remote_code: bool = False):
+def model_kind(config: Optional[Dict[str, Any]], model_kind: Optional[str] = None) -> str:
+    """``model.kind`` of an evaluated model: ``model_kind`` when given, else the run's, else causal_lm."""
+    return model_kind or ((config or {}).get("model") or {}).get("kind") or "causal_lm"
+
+
+def load_model_for_eval(path: str, trust_remote_code: bool = False, kind_of_model: Optional[str] = None):
     """Load ``path`` (model dir, run dir, or checkpoint dir) -> ``(model, tokenizer, info)``;
-    ``info`` has ``kind``, ``run_dir``, ``config`` (the run's config.yaml, when known), ``step``."""
+    ``info`` has ``kind``, ``run_dir``, ``config`` (the run's config.yaml, when known), ``step``,
+    ``model_kind``. The model and its tokenizer (a vision-language model: its processor) load the
+    way the family of ``model.kind`` (the run's, or ``kind_of_model``) declares."""
     import torch
 
+    from .. import families  # noqa: F401  (registers how each model.kind loads)
     from ..config import ModelConfig
-    from ..models import load_causal_lm, load_tokenizer
+    from ..models import load_causal_lm, load_named
 
     kind, run_dir, config = resolve_model_path(path)
-    info: Dict[str, Any] = {"kind": kind, "run_dir": run_dir, "config": config, "step": None}
-    model_cfg = ModelConfig(name_or_path=path, trust_remote_code=trust_remote_code)
+    info: Dict[str, Any] = {"kind": kind, "run_dir": run_dir, "config": config, "step": None,
+                            "model_kind": model_kind(config, kind_of_model)}
+    model_cfg = ModelConfig(name_or_path=path, trust_remote_code=trust_remote_code, kind=info["model_kind"])
+    load_tokenizer = lambda where, _trust: load_named(where, model_cfg, "--model", tokenizer=True)[0]  # noqa: E731
     if kind == "run":
         target = os.path.join(run_dir, "final")
         model = load_causal_lm(target, model_cfg)

@@ -209,14 +209,20 @@ def generation_metrics(policy, reference, tokenizer, prompts: Sequence[Tuple[Lis
 
 
 def evaluate_checkpoint(policy, reference, tokenizer, pairs: Sequence = (), prompts=None, judge=None, loss_fn=None,
-                        settings: EvalSettings = EvalSettings()) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+                        settings: EvalSettings = EvalSettings(), family=None) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
     """Evaluate ``policy`` against ``reference`` (a model, a :mod:`dpokit.reference` object, or None).
 
     ``pairs``: tokenized held-out pairs (``TokenizedExample``); ``prompts``: ``(ids, text)`` tuples for
     generation (default: the distinct prompts of ``pairs``); ``judge``: a callable or a spec for
-    :func:`~dpokit.preference.judges.build_judge`. Returns ``(result, sample_rows)``."""
+    :func:`~dpokit.preference.judges.build_judge`. ``family``: the model family
+    (:mod:`dpokit.families`; default: a causal LM) gives the engine and batches the pairs are scored
+    with, and whether the text-only diagnostics and generation apply (a vision-language model: no,
+    they are skipped with a note). ``tokenizer``: a tokenizer or a processor. Returns ``(result, sample_rows)``."""
     started = time.time()
+    processor, tokenizer = tokenizer, getattr(tokenizer, "tokenizer", tokenizer)
     pad = tokenizer.pad_token_id
+    scoring = {} if family is None else {"engine_class": family.eval_engine(), "batch_fn": family.batch}
+    text_only = family is None or family.text_diagnostics
     result: Dict[str, Any] = {key: None for key in EVAL_KEYS}
     notes: List[str] = []
     if judge is not None:
@@ -231,18 +237,23 @@ def evaluate_checkpoint(policy, reference, tokenizer, pairs: Sequence = (), prom
     pairs = list(pairs)
     if pairs:
         preference = evaluate_pairs(policy, ref_object, pairs, pad, loss_fn, settings.beta, settings.batch_size,
-                                    return_margins=True)
+                                    return_margins=True, **scoring)
         margins = preference.pop("margins")
         result.update(preference)
         distribution = margin_distribution(margins)
         result["reward_margin_quantiles"] = distribution["quantiles"]
         result["reward_margin_histogram"] = distribution["histogram"]
-        if settings.diagnostics:
+        if settings.diagnostics and text_only:
             result.update(pair_diagnostics(policy, ref_object, pairs, pad, settings))
+        elif settings.diagnostics:
+            notes.append("[partial] drift, top-k, separability and layer trace read token ids only: skipped for "
+                         f"{type(processor).__name__} inputs (images)")
     else:
         notes.append("no held-out pairs: preference metrics, drift and separability skipped")
     rows: List[Dict[str, Any]] = []
-    if settings.samples > 0:
+    if settings.samples > 0 and not text_only:
+        notes.append("[partial] generation samples text prompts only: skipped for a vision-language model")
+    elif settings.samples > 0:
         if prompts is None:
             prompts = prompts_from_examples(pairs, tokenizer)
         if settings.max_prompts is not None:

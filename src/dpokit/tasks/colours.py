@@ -87,6 +87,19 @@ def pair_records(items: Sequence[Tuple[str, Any]], rejected: Sequence[str], fold
     return rows
 
 
+def list_records(items: Sequence[Tuple[str, Any]], folder: str, name: str, store: str = "path",
+                 answers: Sequence[str] = tuple(COLOURS)) -> List[Dict[str, Any]]:
+    """Ranked-list records (``data.kind: lists``): each image with every answer in ``answers`` as a
+    response, scored ``reward - k / (10 K)`` for the ``k``-th of the ``K`` answers (the verifiable
+    reward, 1 for the square's colour, else 0; the small offset makes the wrong answers' scores distinct)."""
+    rows = pair_records(items, [answers[0]] * len(items), folder, name, store)
+    for row, (colour, _) in zip(rows, items):
+        del row["chosen"], row["rejected"]
+        row["responses"] = [answer_messages(a) for a in answers]
+        row["scores"] = [reward(colour, a) - k / (10 * len(answers)) for k, a in enumerate(answers)]
+    return rows
+
+
 def write_records(rows: List[Dict[str, Any]], path: str) -> str:
     """JSONL (path-stored images) or Parquet (any), chosen by the file's suffix."""
     if path.endswith(".parquet"):

@@ -132,7 +132,11 @@ PAIRWISE = sorted(s.name for s in list_losses() if s.needs.data == "pairs" and n
 UNPAIRED = sorted(s.name for s in list_losses() if s.needs.data == "unpaired" and not s.needs.extras)
 
 
-@pytest.mark.parametrize("name", PAIRWISE + UNPAIRED)
+FAST = ("dpo", "kto")  # the everyday loop runs these two; the full sweep (~30 losses) is slow
+SWEEP = [name if name in FAST else pytest.param(name, marks=pytest.mark.slow) for name in PAIRWISE + UNPAIRED]
+
+
+@pytest.mark.parametrize("name", SWEEP)
 def test_every_registered_loss_runs_and_prompt_shared_equals_padded(model, processor, name):
     loss_fn = get_loss(name)
     kind = loss_fn.needs.data
@@ -170,7 +174,7 @@ def test_a_placeholder_without_its_image_is_refused(model, processor):
 
 def test_unsupported_families_are_refused_with_the_reason(model):
     other = copy.deepcopy(model)
-    other.config.model_type = "qwen2_vl"
+    other.config.model_type = "qwen3_vl"
     with pytest.raises(ConfigError, match="multimodal rotary positions"):
         check_vision_model(other)
     with pytest.raises(ConfigError, match="prompt's own log-probs"):

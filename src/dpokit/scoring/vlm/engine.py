@@ -20,8 +20,10 @@ and gradients reach the projector (and the vision tower, when it trains) through
 against the model's own forward.
 
 Supported families (:data:`SUPPORTED`) are those whose forward is exactly "scatter the image
-features into the embeddings, then the decoder with 1D positions"; others are refused with the
-reason (:data:`UNSUPPORTED`) when the scorer is built.
+features into the embeddings, then the decoder": with 1D positions (Llava), or with the
+multimodal rotary positions of Qwen2-VL / Qwen2.5-VL, which :mod:`.positions` derives from the
+layout's 1D positions and the images' grids (``image_grid_thw``), so prompt sharing still holds.
+Others are refused with the reason (:data:`UNSUPPORTED`) when the scorer is built.
 """
 
 from __future__ import annotations
@@ -31,15 +33,15 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ...data.collate import Batch
+from ...data.vision import collate_vision
 from ...errors import ConfigError
 from ...losses import Needs
 from ..lm.engine import LogProbEngine
 from ..lm.projection import RowGroup, split_model
+from .positions import MROPE_FAMILIES, rope_positions
 
-SUPPORTED = ("llava",)
+SUPPORTED = ("llava",) + MROPE_FAMILIES
 UNSUPPORTED = {
-    "qwen2_vl": "multimodal rotary positions (3D position ids per image patch), not 1D positions",
-    "qwen2_5_vl": "multimodal rotary positions (3D position ids per image patch), not 1D positions",
     "qwen3_vl": "multimodal rotary positions (3D position ids per image patch), not 1D positions",
     "gemma3": "bidirectional attention among the image tokens (token_type_ids), not a causal mask",
     "paligemma": "bidirectional attention over the image + prefix, not a causal mask",
@@ -64,10 +66,12 @@ def check_vision_model(model) -> None:
                           f"families ({', '.join(SUPPORTED)}); for a causal LM use model.kind: causal_lm")
 
 
-def image_features(model, pixel_values: torch.Tensor, image_sizes: Optional[torch.Tensor] = None) -> torch.Tensor:
+def image_features(model, pixel_values: torch.Tensor, image_sizes: Optional[torch.Tensor] = None,
+                   image_grid_thw: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``[total image tokens, hidden]``: the projected features of every image, in image order."""
     base = _base(model)
-    kwargs = {} if image_sizes is None else {"image_sizes": image_sizes}
+    kwargs = {key: value for key, value in (("image_sizes", image_sizes), ("image_grid_thw", image_grid_thw))
+              if value is not None}
     out = base.get_image_features(pixel_values=pixel_values, return_dict=True, **kwargs)
     features = getattr(out, "pooler_output", out)
     if isinstance(features, (list, tuple)):
@@ -76,12 +80,15 @@ def image_features(model, pixel_values: torch.Tensor, image_sizes: Optional[torc
 
 
 class ImageEmbeddingBackbone(torch.nn.Module):
-    """The language model with ids ``-(k + 1)`` embedded as row ``k`` of ``features``."""
+    """The language model with ids ``-(k + 1)`` embedded as row ``k`` of ``features``; with
+    ``positions`` (a :class:`~.positions.MultimodalRopePositions`) the layout's 1D position ids
+    become the model's 3D ones."""
 
-    def __init__(self, decoder: torch.nn.Module, features: torch.Tensor):
+    def __init__(self, decoder: torch.nn.Module, features: torch.Tensor, positions=None):
         super().__init__()
         self.decoder = decoder
         self.features = features
+        self.positions = positions
         self.config = decoder.config
 
     def forward(self, input_ids: torch.Tensor, **kwargs):
@@ -95,11 +102,16 @@ class ImageEmbeddingBackbone(torch.nn.Module):
         if used:
             image = self.features.index_select(0, rows).to(embeds.dtype)
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), image)
+        if self.positions is not None:
+            kwargs["position_ids"] = self.positions(input_ids, kwargs.get("position_ids"))
         return self.decoder(inputs_embeds=embeds, **kwargs)
 
 
 class VisionLogProbEngine(LogProbEngine):
-    """:class:`~dpokit.scoring.lm.LogProbEngine` for batches of :class:`~dpokit.data.vision.VisionBatch`."""
+    """:class:`~dpokit.scoring.lm.LogProbEngine` for batches of :class:`~dpokit.data.vision.VisionBatch`.
+    ``collate``: how batches of its examples are built (what the reference cache uses)."""
+
+    collate = staticmethod(collate_vision)
 
     def __init__(self, needs: Needs, pad_token_id: int, layout: str = "padded", chunk_size: int = 1024):
         if needs.prompt_logps:
@@ -119,13 +131,15 @@ class VisionLogProbEngine(LogProbEngine):
         images = _images_of(groups) or self._images
         backbone, lm_head = split_model(model)
         device = lm_head.weight.device
+        grid = None
         if images is None or images[0] is None:
             features = lm_head.weight.new_zeros(0, backbone.config.hidden_size)
         else:
-            pixel_values, sizes = images
+            pixel_values, sizes, grid = images
             features = image_features(model, pixel_values.to(device, lm_head.weight.dtype),
-                                      None if sizes is None else sizes.to(device))
-        wrapped = ImageEmbeddingBackbone(backbone, features)
+                                      None if sizes is None else sizes.to(device),
+                                      None if grid is None else grid.to(device))
+        wrapped = ImageEmbeddingBackbone(backbone, features, rope_positions(_base(model), grid))
         hidden, targets, lengths = self.layout(wrapped, groups, self.pad_token_id, device)
         return hidden, targets, lengths, lm_head
 
@@ -134,4 +148,4 @@ def _images_of(source: Any) -> Optional[tuple]:
     pixel_values = getattr(source, "pixel_values", None)
     if pixel_values is None:
         return None
-    return pixel_values, getattr(source, "image_sizes", None)
+    return pixel_values, getattr(source, "image_sizes", None), getattr(source, "image_grid_thw", None)
