@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dpokit.preference.gpm import gpm_loss, gpm_score, gpm_score_matrix, skew_operator
+from .conftest import tiny_classifier
 
 
 def np_gpm_loss(vw, vl, lam, tau, margin):
@@ -111,28 +112,7 @@ def test_bad_dimension():
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    from dpokit.tiny import train_tokenizer
-
-    words = "good fine nice great bad awful poor ugly the a is it".split()
-    tokenizer = train_tokenizer([" ".join(words)], vocab_size=64, word_level=True)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("gpm-init")
-    LlamaForSequenceClassification(config).save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    import random
-
-    rng = random.Random(0)
-    rows = [{"prompt": "it is", "chosen": " " + " ".join(rng.choice(words[:4]) for _ in range(rng.randint(1, 3))),
-             "rejected": " " + " ".join(rng.choice(words[4:8]) for _ in range(rng.randint(1, 3)))}
-            for _ in range(48)]
-    data = tmp_path_factory.mktemp("gpm-data") / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path), str(data)
+    return tiny_classifier(tmp_path_factory, "gpm")
 
 
 @pytest.mark.parametrize("prompt_head", [False, True])

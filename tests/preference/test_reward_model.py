@@ -6,37 +6,13 @@ import pytest
 import torch
 
 from dpokit.preference.judges import RewardModelJudge, build_judge
+from .conftest import tiny_classifier
 
 
 @pytest.fixture(scope="module")
 def rm_setup(tmp_path_factory):
     """A tiny LlamaForSequenceClassification built in-process, saved like a hub checkpoint."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    from dpokit.tiny import train_tokenizer
-
-    words = "good fine nice great bad awful poor ugly the a is it".split()
-    tokenizer = train_tokenizer([" ".join(words)], vocab_size=64, word_level=True)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForSequenceClassification(config)
-    path = tmp_path_factory.mktemp("rm-init")
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    rows = []
-    import random
-
-    rng = random.Random(0)
-    for i in range(48):
-        prompt = "it is"
-        chosen = " " + " ".join(rng.choice(words[:4]) for _ in range(rng.randint(1, 3)))
-        rejected = " " + " ".join(rng.choice(words[4:8]) for _ in range(rng.randint(1, 3)))
-        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "margin": 0.5})
-    data = tmp_path_factory.mktemp("rm-data") / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path), str(data)
+    return tiny_classifier(tmp_path_factory, "rm", margin=0.5)
 
 
 def test_bradley_terry_loss_with_margin():
