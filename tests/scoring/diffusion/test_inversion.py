@@ -158,6 +158,40 @@ def test_eta_noise_is_seeded_per_example_and_draw():
     assert not torch.allclose(a, noisy.errors(policy, other_draw, policy)[0])
 
 
+def test_eta_noise_against_numpy_up_to_the_last_grid_point():
+    """eta > 0 adds eta * z * sqrt(var(min(tau + T/n, T - 1), tau)) after each step, also for t above the
+    last grid point (where tau + T/n = T is past the schedule)."""
+    sched = scheduler()
+    model = TinyDenoiser(3).double()
+    n, eta = 10, 0.3
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand((4, 3, 4, 4), generator=g, dtype=torch.float64) * 2 - 1
+    t = torch.tensor([950, 999, 905, 120])
+    labels = torch.randint(0, 3, (4,), generator=g)
+    inv = Inversion(sched, "ddim_inversion", steps=n, eta=eta)
+    indices, draws = [0, 1, 2, 3], [0, 0, 0, 0]
+    x, eps = inv.invert(lambda v, tau, c: model(v, tau, **c), x0, t, {"class_labels": labels}, indices, draws)
+    abar = sched.alphas_cumprod.double().numpy()
+    stride = 1000 // n
+    for i in range(4):
+        v = x0[i].numpy().copy()
+        for k, tau in enumerate(range(0, 1000, stride)):
+            if not tau < t[i]:
+                break
+            with torch.no_grad():
+                e = model(torch.from_numpy(v[None]), torch.tensor([tau]), class_labels=labels[i:i + 1]).numpy()[0]
+            a_p = 1.0 if tau - stride < 0 else abar[tau - stride]
+            v = np.sqrt(abar[tau]) * (v - np.sqrt(1 - a_p) * e) / np.sqrt(a_p) + np.sqrt(1 - abar[tau]) * e
+            upper = min(tau + stride, 999)
+            var = (1 - abar[tau]) / (1 - abar[upper]) * (1 - abar[upper] / abar[tau])
+            z = inv.eta_noise(x0.shape[1:], [indices[i]], [draws[i]], 1, k)[0].double().numpy()
+            v = v + eta * z * np.sqrt(var)
+        np.testing.assert_allclose(x[i].numpy(), v, rtol=1e-6, atol=1e-6)
+        a = abar[t[i]]
+        np.testing.assert_allclose(eps[i].numpy(), (v - np.sqrt(a) * x0[i].numpy()) / np.sqrt(1 - a),
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_config_and_refusals():
     sched = scheduler()
     config = from_dict({"model": {"kind": "diffusion", "name_or_path": "x"}, "data": {"train": "x"},

@@ -11,7 +11,8 @@ sections 2-3):
               x0_hat = (x - sqrt(1 - abar_p) e) / sqrt(abar_p)
               x     <- sqrt(abar_tau) x0_hat + sqrt(1 - abar_tau) e           (DDIMInverseScheduler.step)
     ddim_inversion (InPO): for every tau < t: one step; then, with inversion_eta > 0,
-              x <- x + eta * z * sqrt(var(tau + T // n, tau)),  var(s, r) = (1 - abar_r)/(1 - abar_s) (1 - abar_s/abar_r)
+              x <- x + eta * z * sqrt(var(min(tau + T // n, T - 1), tau)),
+              var(s, r) = (1 - abar_r)/(1 - abar_s) (1 - abar_s/abar_r)
     renoise (SmPO): for every tau < t: e1 = eps_hat(x, tau); x1 = step(e1, x); e2 = eps_hat(x1, tau);
               x <- step((e1 + e2) / 2, x)
     target    eps_t = (x - sqrt(abar_t) x0) / sqrt(1 - abar_t)   (abar of the drawn t, as the code: the walk
@@ -27,7 +28,9 @@ noise ``z`` is drawn per (seed, example, draw) from its own stream.
 
 [partial] Verified against the code only: the InPO paper's reparameterisation and the SmPO
 paper's derivation of ReNoise were not read; the eta-noise variance is the code's
-``_get_variance(tau + T/10, tau)`` read as the DDIM variance above (as summarised in DIFFUSION.md).
+``_get_variance(tau + T/10, tau)`` read as the DDIM variance above (as summarised in DIFFUSION.md);
+at the last grid point ``tau + T/n`` is ``T``, past the schedule, and dpokit takes level ``T - 1``
+there (the official code's behaviour at that point was not checked).
 Epsilon-prediction is what the official code trains; v-prediction and sample targets convert the
 model output to ``(x0_hat, e)`` as diffusers' inverse scheduler does (not in the official code).
 Flow-matching schedulers are refused.
@@ -138,7 +141,8 @@ class Inversion:
                 new = inverse_step((e1 + e2) / 2, taus, xs, acp, self.stride, self.kind)
             elif self.eta:
                 z = self.eta_noise(x0.shape[1:], indices, draws, m, k).to(x0.device, x0.dtype)[rows]
-                var = ddim_variance(acp, taus + self.stride, taus)
+                # the level above the last grid point is T (out of the schedule): the last level, T - 1
+                var = ddim_variance(acp, (taus + self.stride).clamp_max(len(acp) - 1), taus)
                 new = new + self.eta * z * _view(var.sqrt(), new)
             x[rows] = new
         abar = _abar(acp, t)
