@@ -89,6 +89,8 @@ def test_load_causal_lm_passes_the_choice(machine, monkeypatch):
     assert seen["attn_implementation"] == "sdpa"
     machine()
     monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", fake_from_pretrained)
+    import dpokit.families  # noqa: F401  (registers the vlm kind's loader)
+
     models.load_causal_lm("x", ModelConfig(name_or_path="x", kind="vlm", dtype="bfloat16",
                                            attn_implementation="auto"), "prompt_shared")
     assert seen["attn_implementation"] == "sdpa"
@@ -121,3 +123,12 @@ def test_gpu_options_train_like_the_defaults_on_cpu(tiny_model_dir, pairs_file, 
     assert got[0] == expected[0]
     for key, value in expected[1].items():
         assert torch.equal(got[1][key], value), key
+
+
+def test_an_unregistered_model_kind_is_an_error_not_a_causal_lm(monkeypatch):
+    from dpokit import models
+    from dpokit.errors import ConfigError
+
+    monkeypatch.setattr(models, "KINDS", {})
+    with pytest.raises(ConfigError, match="model.kind: 'vlm' has no loader"):
+        models.load_causal_lm("x", ModelConfig(name_or_path="x", kind="vlm"))

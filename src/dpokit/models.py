@@ -32,7 +32,14 @@ def register_kind(kind: str, family) -> None:
 
 
 def _kind(cfg):
-    return KINDS.get(getattr(cfg, "kind", "causal_lm"))
+    """The registered family of ``cfg.kind`` (None: a plain causal LM). A kind whose family has not
+    been registered (``dpokit.families`` not imported) is an error, never a silent causal-LM load."""
+    kind = getattr(cfg, "kind", "causal_lm") or "causal_lm"
+    family = KINDS.get(kind)
+    if family is None and kind != "causal_lm":
+        raise ConfigError(f"model.kind: {kind!r} has no loader registered (import dpokit.families, which "
+                          "registers every model kind, before loading)")
+    return family
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: Optional[str] = None):
