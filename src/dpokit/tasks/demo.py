@@ -14,7 +14,7 @@ The task is ``parity`` (binary reward, :mod:`dpokit.tasks.parity`; the default) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch
@@ -27,8 +27,9 @@ from ..eval.preference import evaluate_pairs
 from ..losses import Needs, get_spec
 from ..io import write_jsonl
 from ..reference import ModelReference
-from .experiment import (DemoRun, TABLE_ROWS, format_table, load_models, loss_hparams,  # noqa: F401  (re-exported)
-                         run_trainer, sft_warm_up, tiny_text_model, train_section)
+from .experiment import TABLE_ROWS, format_table  # noqa: F401  (re-exported: the demos' table)
+from .experiment import (DemoRun, LossDemoSettings, load_models, loss_hparams, run_trainer, sft_warm_up,
+                         tiny_text_model, train_section)
 from .graded import GradedTask, build_graded_pairs
 from .numbers import build_ranked_lists
 from .parity import ParityTask, build_pairs
@@ -47,11 +48,7 @@ def task_entry(name: str):
 
 
 @dataclass
-class DemoSettings:
-    output_dir: str = "runs/demo"
-    loss: str = "dpo"
-    loss_hparams: Dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
+class DemoSettings(LossDemoSettings):
     n_train_prompts: int = 800
     n_eval_prompts: int = 200
     samples_per_prompt: int = 8

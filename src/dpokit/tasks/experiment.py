@@ -5,11 +5,13 @@ through the regular trainer, evaluates before and after, prints a before/after t
 ``summary.json``. The task-specific parts (the task, its evaluation, its pairs) stay in each demo;
 this module holds the rest:
 
+* :class:`LossDemoSettings`: the settings every loss-driven demo starts with;
 * :class:`DemoRun`: the run directory, the seed, the clock; saving a model with its tokenizer,
   processor or scheduler; the closing table, ``summary.json`` (with ``seconds``, optionally
   ``cpu_seconds``, and ``run_dir`` appended) and the closing lines;
 * :func:`tiny_text_model`, :func:`sft_warm_up`: the word-level tokenizer and tiny Llama of the text
-  demos and their supervised warm-up on demonstrations;
+  demos and their supervised warm-up on demonstrations; :func:`vision_sft_steps`, the same warm-up
+  loop for a vision-language model;
 * :func:`loss_hparams`, :func:`train_section`, :func:`run_trainer`, :func:`load_models`: the loss
   section with the demo's default ``beta``, the ``train`` section every demo uses, the trainer run,
   and loading the saved models back;
@@ -39,6 +41,17 @@ def format_table(before: Dict[str, float], after: Dict[str, float], rows=TABLE_R
     for label, key in rows:
         lines.append(f"{label:<{width}}{before[key]:>10.3f}{after[key]:>10.3f}")
     return "\n".join(lines)
+
+
+@dataclass
+class LossDemoSettings:
+    """The first settings of a demo that trains with a named loss; a demo's subclass adds its own and
+    sets its ``output_dir`` default (the fields keep this order)."""
+
+    output_dir: str = "runs/demo"
+    loss: str = "dpo"
+    loss_hparams: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
 
 
 @dataclass
@@ -104,6 +117,29 @@ def sft_warm_up(run: DemoRun, model, tokenizer, demonstrations, steps: int) -> T
 
     nll = sft_train(model, tokenizer, demonstrations, steps=steps, seed=run.seed)
     return nll, run.save(model, tokenizer, "warmup")
+
+
+def vision_sft_steps(model, engine, examples, optimizer, steps: int, batch_size: int, seed: int) -> float:
+    """``steps`` of supervised warm-up on tokenized vision ``examples`` (the first completion of each, the
+    demonstration): batches of ``batch_size`` drawn with replacement (seeded by ``seed``), mean per-token
+    NLL through ``engine`` (a :class:`~dpokit.scoring.vlm.VisionLogProbEngine`); returns the last NLL."""
+    from ..data.vision import collate_vision
+
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    nll = float("nan")
+    for _ in range(steps):
+        picks = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
+        batch = collate_vision([examples[i] for i in picks])
+        groups = type(batch.groups)((prompt, completions[:1]) for prompt, completions in batch.groups)
+        groups.pixel_values = batch.pixel_values
+        lp = engine.token_logprobs(model, groups)
+        loss = -(lp.sums / lp.lengths).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        nll = float(loss.detach())
+    return nll
 
 
 def loss_hparams(spec, hparams: Dict[str, Any], beta: float) -> Dict[str, Any]:

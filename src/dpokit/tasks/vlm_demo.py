@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
@@ -26,15 +26,13 @@ from ..paths import safe_join
 from ..scoring.vlm import VisionLogProbEngine
 from ..tiny import tiny_llava, tiny_vlm_processor
 from . import colours
-from .experiment import DemoRun, load_models, loss_hparams, run_trainer, torch_threads, train_section
+from .experiment import (DemoRun, LossDemoSettings, load_models, loss_hparams, run_trainer, torch_threads,
+                         train_section, vision_sft_steps)
 
 
 @dataclass
-class VLMDemoSettings:
+class VLMDemoSettings(LossDemoSettings):
     output_dir: str = "runs/demo-vlm"
-    loss: str = "dpo"
-    loss_hparams: Dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
     n_train: int = 256
     n_eval: int = 64
     warmup_steps: int = 100
@@ -105,20 +103,7 @@ def warm_up(model, processor, items, settings: VLMDemoSettings) -> float:
         param.requires_grad_(settings.warmup_vision or "vision_tower" not in name)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.warmup_lr)
     engine = VisionLogProbEngine(get_spec("sft").needs, processor.tokenizer.pad_token_id, settings.layout)
-    generator = torch.Generator().manual_seed(settings.seed)
-    model.train()
-    nll = float("nan")
-    for _ in range(settings.warmup_steps):
-        picks = torch.randint(len(tokenized), (16,), generator=generator).tolist()
-        batch = collate_vision([tokenized[i] for i in picks])
-        groups = type(batch.groups)((prompt, completions[:1]) for prompt, completions in batch.groups)
-        groups.pixel_values = batch.pixel_values
-        lp = engine.token_logprobs(model, groups)
-        loss = -(lp.sums / lp.lengths).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        nll = float(loss.detach())
+    nll = vision_sft_steps(model, engine, tokenized, optimizer, settings.warmup_steps, 16, settings.seed)
     for param in model.parameters():
         param.requires_grad_(True)
     return nll
