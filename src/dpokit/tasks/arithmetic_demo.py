@@ -21,24 +21,17 @@
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence
-
-import torch
 
 from ..data.step_pairs import pair_records
 from ..data.steps import StepPair, steps_text
 from ..io import write_jsonl
-from ..paths import safe_join
 from ..sampling import HFSampler, SamplingConfig
 from ..scoring.steps import StepScorer, separator_ids
-from ..tiny import tiny_llama, train_tokenizer
 from .arithmetic import STEP_SEPARATOR, ArithmeticTask, Problem, split_steps
-from .demo import format_table
+from .experiment import DemoRun, load_models, run_trainer, sft_warm_up, tiny_text_model, train_section
 
 METHODS = ("step_dpo", "dpo")
 PAIR_SOURCES = ("verifier", "search")
@@ -138,33 +131,23 @@ def search_step_pairs(model, tokenizer, task: ArithmeticTask, problems, seed: in
 
 
 def run_arithmetic_demo(settings: ArithmeticDemoSettings, log=print) -> Dict[str, Any]:
-    from ..config import from_dict
-    from ..train import Trainer
-    from ..train.sft import sft_train
     from transformers import AutoModelForCausalLM
 
     if settings.method not in METHODS:
         raise ValueError(f"method: one of {', '.join(METHODS)}, got {settings.method!r}")
     if settings.pairs not in PAIR_SOURCES:
         raise ValueError(f"pairs: one of {', '.join(PAIR_SOURCES)}, got {settings.pairs!r}")
-    started = time.time()
-    out = settings.output_dir
-    os.makedirs(out, exist_ok=True)
-    torch.manual_seed(settings.seed)
+    run = DemoRun.start(settings.output_dir, settings.seed, log)
     task = ArithmeticTask(n_ops=settings.n_ops, seed=settings.seed)
     train_problems, eval_problems = task.split(settings.n_train_problems, settings.n_eval_problems)
 
     log(f"[1/5] tokenizer and tiny Llama ({settings.layers} layers, hidden {settings.hidden_size})")
-    tokenizer = train_tokenizer(task.vocabulary_corpus(), vocab_size=64, word_level=True)
-    model = tiny_llama(len(tokenizer), hidden_size=settings.hidden_size, num_layers=settings.layers,
-                       max_position_embeddings=96, seed=settings.seed, tokenizer=tokenizer)
+    tokenizer, model = tiny_text_model(task.vocabulary_corpus(), settings.hidden_size, settings.layers, 96,
+                                       settings.seed)
 
     log(f"[2/5] supervised warm-up on solutions whose steps are wrong {settings.step_error_rate:.0%} of the time")
     demos = task.demonstrations(train_problems, settings.step_error_rate)
-    nll = sft_train(model, tokenizer, demos, steps=settings.warmup_steps, seed=settings.seed)
-    warmup_dir = safe_join(out, "warmup")
-    model.save_pretrained(warmup_dir, safe_serialization=True)
-    tokenizer.save_pretrained(warmup_dir)
+    nll, warmup_dir = sft_warm_up(run, model, tokenizer, demos, settings.warmup_steps)
     log(f"      warm-up NLL {nll:.3f}")
     before = evaluate(model, tokenizer, task, eval_problems, settings.seed + 2)
 
@@ -182,7 +165,7 @@ def run_arithmetic_demo(settings: ArithmeticDemoSettings, log=print) -> Dict[str
             rows = outcome_pairs(task, train_problems, samples, settings.seed)
     if not rows:
         raise RuntimeError("no preference pairs: every sample was right (raise step_error_rate)")
-    pairs_path = safe_join(out, "pairs.jsonl")
+    pairs_path = run.path("pairs.jsonl")
     write_jsonl(pairs_path, rows)
     log(f"      {len(rows)} training pairs")
 
@@ -190,30 +173,21 @@ def run_arithmetic_demo(settings: ArithmeticDemoSettings, log=print) -> Dict[str
     loss: Dict[str, Any] = {"name": settings.method, "beta": settings.beta}
     if settings.method == "step_dpo" and settings.pairs == "search":
         loss["conservative"] = True
-    config = from_dict({
+    sep = separator_ids(tokenizer, STEP_SEPARATOR)
+    run_trainer({
         "model": {"name_or_path": warmup_dir},
         "data": {"train": pairs_path, "max_length": 96},
         "loss": loss,
         "reference": {"kind": "copy"},
-        "train": {"output_dir": safe_join(out, "train"), "seed": settings.seed, "epochs": settings.epochs,
-                  "batch_size": settings.batch_size, "lr": settings.lr, "scheduler": "cosine", "warmup_ratio": 0.05,
-                  "log_every": 10, "report_to": [], "progress_bar": False, "mixed_precision": "no",
-                  "layout": "prompt_shared"},
-    })
-    sep = separator_ids(tokenizer, STEP_SEPARATOR)
-    wrapper = (lambda scorer: StepScorer(scorer, sep)) if settings.method == "step_dpo" else None
-    Trainer(config, scorer_wrapper=wrapper).fit()
+        "train": train_section(run.path("train"), settings.seed, settings.epochs, settings.batch_size, settings.lr,
+                               10, layout="prompt_shared"),
+    }, scorer_wrapper=(lambda scorer: StepScorer(scorer, sep)) if settings.method == "step_dpo" else None)
 
     log("[5/5] evaluating before and after on held-out problems")
-    aligned = AutoModelForCausalLM.from_pretrained(safe_join(out, "train", "final"), use_safetensors=True)
+    aligned, = load_models(AutoModelForCausalLM, run.path("train", "final"))
     after = evaluate(aligned, tokenizer, task, eval_problems, settings.seed + 2)
-    summary = {"task": "arithmetic", "method": settings.method, "pairs": source, "before": before, "after": after,
-               "train_pairs": len(rows), "seconds": round(time.time() - started, 1), "run_dir": out}
-    with open(safe_join(out, "summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
-    log(format_table(before, after, TABLE_ROWS))
-    log(f"summary: {safe_join(out, 'summary.json')}  ({summary['seconds']} s)")
-    return summary
+    return run.finish({"task": "arithmetic", "method": settings.method, "pairs": source, "before": before,
+                       "after": after, "train_pairs": len(rows)}, TABLE_ROWS)
 
 
 TABLE_ROWS = (("step accuracy (sampled)", "step_accuracy"), ("answer accuracy (sampled)", "answer_accuracy"),

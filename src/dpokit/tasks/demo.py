@@ -14,10 +14,7 @@ The task is ``parity`` (binary reward, :mod:`dpokit.tasks.parity`; the default) 
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch
@@ -29,9 +26,10 @@ from ..sampling import HFSampler, SamplingConfig
 from ..eval.preference import evaluate_pairs
 from ..losses import Needs, get_spec
 from ..io import write_jsonl
-from ..paths import safe_join
 from ..reference import ModelReference
-from ..tiny import tiny_llama, train_tokenizer
+from .experiment import TABLE_ROWS, format_table  # noqa: F401  (re-exported: the demos' table)
+from .experiment import (DemoRun, LossDemoSettings, load_models, loss_hparams, run_trainer, sft_warm_up,
+                         tiny_text_model, train_section)
 from .graded import GradedTask, build_graded_pairs
 from .numbers import build_ranked_lists
 from .parity import ParityTask, build_pairs
@@ -50,11 +48,7 @@ def task_entry(name: str):
 
 
 @dataclass
-class DemoSettings:
-    output_dir: str = "runs/demo"
-    loss: str = "dpo"
-    loss_hparams: Dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
+class DemoSettings(LossDemoSettings):
     n_train_prompts: int = 800
     n_eval_prompts: int = 200
     samples_per_prompt: int = 8
@@ -111,32 +105,22 @@ def evaluate_policy(policy, reference_model, tokenizer, task: ParityTask, prompt
 
 
 def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
-    from ..config import from_dict
-    from ..train import Trainer
     from transformers import AutoModelForCausalLM
 
     task_class, pair_builder, judge = task_entry(settings.task)
     spec = get_spec(settings.loss)
     data_kind = settings.data_kind(spec.needs.data)
-    started = time.time()
-    out = settings.output_dir
-    os.makedirs(out, exist_ok=True)
-    torch.manual_seed(settings.seed)
+    run = DemoRun.start(settings.output_dir, settings.seed, log)
+    out = run.out
     task = task_class(warmup_accuracy=settings.warmup_accuracy, seed=settings.seed)
     train_numbers, eval_numbers = task.split_numbers(settings.n_train_prompts, settings.n_eval_prompts)
 
     log(f"[1/5] tokenizer and tiny Llama ({settings.layers} layers, hidden {settings.hidden_size})")
-    tokenizer = train_tokenizer(task.vocabulary_corpus(), vocab_size=64, word_level=True)
-    model = tiny_llama(len(tokenizer), hidden_size=settings.hidden_size, num_layers=settings.layers,
-                       max_position_embeddings=64, seed=settings.seed, tokenizer=tokenizer)
+    tokenizer, model = tiny_text_model(task.vocabulary_corpus(), settings.hidden_size, settings.layers, 64,
+                                       settings.seed)
 
     log(f"[2/5] supervised warm-up on demonstrations that are right {settings.warmup_accuracy:.0%} of the time")
-    from ..train.sft import sft_train
-
-    nll = sft_train(model, tokenizer, task.demonstrations(train_numbers), steps=settings.warmup_steps, seed=settings.seed)
-    warmup_dir = safe_join(out, "warmup")
-    model.save_pretrained(warmup_dir, safe_serialization=True)
-    tokenizer.save_pretrained(warmup_dir)
+    nll, warmup_dir = sft_warm_up(run, model, tokenizer, task.demonstrations(train_numbers), settings.warmup_steps)
     log(f"      warm-up NLL {nll:.3f}; saved to {warmup_dir}")
 
     log(f"[3/5] sampling {settings.samples_per_prompt} responses per prompt and labelling pairs with the reward")
@@ -155,48 +139,40 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
         train_pairs = pair_builder(task, train_prompts, train_samples, settings.seed)
     eval_samples = sampler.sample(eval_prompts, settings.samples_per_prompt)[0]
     heldout_rows = pair_builder(task, eval_prompts, eval_samples, settings.seed + 1)
-    pairs_path = safe_join(out, "lists.jsonl" if data_kind == "lists" else "pairs.jsonl")
+    pairs_path = run.path("lists.jsonl" if data_kind == "lists" else "pairs.jsonl")
     write_jsonl(pairs_path, train_pairs)
-    write_jsonl(safe_join(out, "heldout_pairs.jsonl"), heldout_rows)
-    heldout, _ = tokenize_examples([PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in heldout_rows],
-                                   tokenizer, max_length=64)
+    heldout = write_heldout_pairs(run.path("heldout_pairs.jsonl"), heldout_rows, tokenizer)
     log(f"      {len(train_pairs)} training {'lists' if data_kind == 'lists' else 'pairs'}, {len(heldout)} held-out pairs")
     before = evaluate_policy(model, model, tokenizer, task, eval_prompts, heldout, settings.seed + 2)
 
     log(f"[4/5] preference training with {settings.loss!r} (reference = warm-up model)")
-    loss_section = {"name": settings.loss, **settings.loss_hparams}
-    if spec.needs.reference and "beta" in spec.defaults and "beta" not in settings.loss_hparams:
-        # the task is small and sharp: beta 0.5 keeps the policy close to the reference (KL ~ 4 nats)
-        loss_section["beta"] = settings.reference_beta
-    data_section = {"train": pairs_path, "eval": safe_join(out, "heldout_pairs.jsonl"), "max_length": 64}
+    # the task is small and sharp: beta 0.5 keeps the policy close to the reference (KL ~ 4 nats)
+    loss_section = {"name": settings.loss, **loss_hparams(spec, settings.loss_hparams, settings.reference_beta)}
+    data_section = {"train": pairs_path, "eval": run.path("heldout_pairs.jsonl"), "max_length": 64}
     if data_kind == "lists":  # the trainer's evaluation reads the same kind: the held-out samples as lists
-        write_jsonl(safe_join(out, "heldout_lists.jsonl"), build_ranked_lists(task.reward, eval_prompts, eval_samples))
-        data_section.update(kind="lists", pair_builder=settings.pair_builder, eval=safe_join(out, "heldout_lists.jsonl"))
+        write_jsonl(run.path("heldout_lists.jsonl"), build_ranked_lists(task.reward, eval_prompts, eval_samples))
+        data_section.update(kind="lists", pair_builder=settings.pair_builder, eval=run.path("heldout_lists.jsonl"))
     if settings.label_noise:
         data_section.update(label_noise=settings.label_noise, label_noise_seed=settings.seed)
-    config = from_dict({
+    config = run_trainer({
         "model": {"name_or_path": warmup_dir},
         "data": data_section,
         "loss": loss_section,
         "reference": {"kind": "copy" if spec.needs.reference else "none"},
-        "train": {"output_dir": safe_join(out, "train"), "seed": settings.seed, "epochs": settings.dpo_epochs,
-                  "batch_size": settings.dpo_batch_size, "lr": settings.dpo_lr, "scheduler": "cosine",
-                  "warmup_ratio": 0.05, "log_every": 5, "report_to": [], "progress_bar": False,
-                  "mixed_precision": "no", "monitor": {"judge": judge, "samples": 2, "max_new_tokens": 8}},
+        "train": train_section(run.path("train"), settings.seed, settings.dpo_epochs, settings.dpo_batch_size,
+                               settings.dpo_lr, 5, monitor={"judge": judge, "samples": 2, "max_new_tokens": 8}),
     })
-    Trainer(config).fit()
 
     log("[5/5] evaluating before and after")
-    final_dir = safe_join(out, "train", "final")
-    aligned = AutoModelForCausalLM.from_pretrained(final_dir, use_safetensors=True)
-    reference_model = AutoModelForCausalLM.from_pretrained(warmup_dir, use_safetensors=True)
+    final_dir = run.path("train", "final")
+    aligned, reference_model = load_models(AutoModelForCausalLM, final_dir, warmup_dir)
     after = evaluate_policy(aligned, reference_model, tokenizer, task, eval_prompts, heldout, settings.seed + 2)
     from ..eval.suite import evaluate_into_run  # eval.json + samples.jsonl for `dpokit report`
 
     evaluate_into_run(aligned, reference_model, tokenizer, heldout, out, judge=judge, max_new_tokens=8,
                       seed=settings.seed + 3, beta=config.loss.get("beta", 0.1),
                       meta={"model": final_dir, "reference": warmup_dir})
-    summary = {
+    return run.finish({
         "task": settings.task,
         "loss": settings.loss,
         "loss_hparams": config.loss,
@@ -205,23 +181,12 @@ def run_demo(settings: DemoSettings, log=print) -> Dict[str, Any]:
         "train_pairs": len(train_pairs),  # training examples: pairs, or ranked lists with train_data "lists"
         "train_data": data_kind,
         "label_noise": settings.label_noise,
-        "seconds": round(time.time() - started, 1),
-        "run_dir": out,
-    }
-    with open(safe_join(out, "summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
-    log(format_table(before, after))
-    log(f"summary: {safe_join(out, 'summary.json')}  ({summary['seconds']} s)")
-    return summary
+    })
 
 
-TABLE_ROWS = (("task reward (held-out)", "reward"), ("preference accuracy", "preference_accuracy"),
-              ("KL to reference", "kl"), ("response length", "length"))
-
-
-def format_table(before: Dict[str, float], after: Dict[str, float], rows=TABLE_ROWS, width: int = 26) -> str:
-    """The demo's before/after table: ``rows`` of ``(label, summary key)``, labels ``width`` wide."""
-    lines = [f"{'metric':<{width}}{'before':>10}{'after':>10}", "-" * (width + 20)]
-    for label, key in rows:
-        lines.append(f"{label:<{width}}{before[key]:>10.3f}{after[key]:>10.3f}")
-    return "\n".join(lines)
+def write_heldout_pairs(path: str, rows, tokenizer):
+    """Write the held-out pair ``rows`` to ``path`` and return them tokenized (64 tokens at most)."""
+    write_jsonl(path, rows)
+    heldout, _ = tokenize_examples([PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in rows],
+                                   tokenizer, max_length=64)
+    return heldout

@@ -18,19 +18,12 @@ the offline demo, plus ``rounds`` (each round's metrics, including held-out rewa
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from typing import Any, Dict, List
 
-import torch
-
-from ..data import tokenize_examples
-from ..data.formats import PreferencePair
 from ..sampling import HFSampler, SamplingConfig
-from ..tiny import tiny_llama, train_tokenizer
 from ..io import write_jsonl
-from .demo import DemoSettings, evaluate_policy, format_table
+from .demo import DemoSettings, evaluate_policy, write_heldout_pairs
+from .experiment import DemoRun, load_models, sft_warm_up, tiny_text_model, train_section
 from .parity import ParityTask, build_pairs, parity_reward  # noqa: F401  (parity_reward: the demo's judge)
 
 # Loss settings per strategy for this task (the task is small and sharp; see docs/online.md).
@@ -67,43 +60,32 @@ def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds
 
     from ..config import from_dict
     from ..online.loop import OnlineLoop, STRATEGIES
-    from ..train.sft import sft_train
 
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(sorted(STRATEGIES))}")
-    started = time.time()
-    out = settings.output_dir
-    os.makedirs(out, exist_ok=True)
-    torch.manual_seed(settings.seed)
+    run = DemoRun.start(settings.output_dir, settings.seed, log)
     task = ParityTask(warmup_accuracy=settings.warmup_accuracy, seed=settings.seed)
     train_numbers, eval_numbers = task.split_numbers(settings.n_train_prompts, settings.n_eval_prompts)
 
     if warmup_dir:
         log(f"[1-2/4] the warm-up model of {warmup_dir}")
         tokenizer = AutoTokenizer.from_pretrained(warmup_dir)
-        model = AutoModelForCausalLM.from_pretrained(warmup_dir, use_safetensors=True)
+        model, = load_models(AutoModelForCausalLM, warmup_dir)
     else:
         log(f"[1/4] tokenizer and tiny Llama ({settings.layers} layers, hidden {settings.hidden_size})")
-        tokenizer = train_tokenizer(task.vocabulary_corpus(), vocab_size=64, word_level=True)
-        model = tiny_llama(len(tokenizer), hidden_size=settings.hidden_size, num_layers=settings.layers,
-                           max_position_embeddings=64, seed=settings.seed, tokenizer=tokenizer)
+        tokenizer, model = tiny_text_model(task.vocabulary_corpus(), settings.hidden_size, settings.layers, 64,
+                                           settings.seed)
         log(f"[2/4] supervised warm-up on demonstrations that are right {settings.warmup_accuracy:.0%} of the time")
-        sft_train(model, tokenizer, task.demonstrations(train_numbers), steps=settings.warmup_steps,
-                  seed=settings.seed)
-        warmup_dir = os.path.join(out, "warmup")
-        model.save_pretrained(warmup_dir, safe_serialization=True)
-        tokenizer.save_pretrained(warmup_dir)
+        _, warmup_dir = sft_warm_up(run, model, tokenizer, task.demonstrations(train_numbers), settings.warmup_steps)
 
     train_prompts = [task.prompt(n) for n in train_numbers]
     eval_prompts = [task.prompt(n) for n in eval_numbers]
     sampler = HFSampler(model, tokenizer, SamplingConfig(max_new_tokens=8, seed=settings.seed + 1, top_k=0))
     heldout_rows = build_pairs(task, eval_prompts, sampler.sample(eval_prompts, settings.samples_per_prompt)[0],
                                settings.seed + 1)
-    write_jsonl(os.path.join(out, "heldout_pairs.jsonl"), heldout_rows)
-    heldout, _ = tokenize_examples([PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in heldout_rows],
-                                   tokenizer, max_length=64)
+    heldout = write_heldout_pairs(run.path("heldout_pairs.jsonl"), heldout_rows, tokenizer)
     before = evaluate_policy(model, model, tokenizer, task, eval_prompts, heldout, settings.seed + 2)
-    prompts_path = os.path.join(out, "prompts.jsonl")
+    prompts_path = run.path("prompts.jsonl")
     write_jsonl(prompts_path, [{"prompt": p} for p in train_prompts])
 
     loss = dict(STRATEGY_LOSS.get(strategy, {"name": settings.loss, "beta": settings.reference_beta}))
@@ -113,7 +95,7 @@ def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds
     samples = settings.samples_per_prompt
     if STRATEGIES[strategy].offline_pairs:  # HyPO: offline pairs from the warm-up model + online KL samples
         offline = build_pairs(task, train_prompts, sampler.sample(train_prompts, samples)[0], settings.seed)
-        data["train"] = os.path.join(out, "offline_pairs.jsonl")
+        data["train"] = run.path("offline_pairs.jsonl")
         write_jsonl(data["train"], offline)
         samples = 2
     elif "reference" in STRATEGIES[strategy].sources:  # XPO: half the samples from the reference
@@ -122,10 +104,8 @@ def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds
         "model": {"name_or_path": warmup_dir},
         "data": data,
         "loss": loss,
-        "train": {"output_dir": os.path.join(out, "online"), "seed": settings.seed, "epochs": settings.dpo_epochs,
-                  "batch_size": settings.dpo_batch_size, "lr": settings.dpo_lr, "scheduler": "cosine",
-                  "warmup_ratio": 0.05, "log_every": 5, "report_to": [], "progress_bar": False,
-                  "mixed_precision": "no"},
+        "train": train_section(run.path("online"), settings.seed, settings.dpo_epochs, settings.dpo_batch_size,
+                               settings.dpo_lr, 5),
         "online": {"strategy": strategy, "rounds": rounds, "prompts": prompts_path, "prompts_per_round": per_round,
                    "samples_per_prompt": samples, "max_new_tokens": 8, "temperature": 1.0, "top_k": 0,
                    "generation_batch_size": 64, "eval_samples_per_prompt": 2,
@@ -142,12 +122,12 @@ def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds
     result = loop.run()
 
     log("[4/4] evaluating before and after")
-    aligned = AutoModelForCausalLM.from_pretrained(result["final"], use_safetensors=True)
-    reference_model = AutoModelForCausalLM.from_pretrained(warmup_dir, use_safetensors=True)
+    aligned, reference_model = load_models(AutoModelForCausalLM, result["final"], warmup_dir)
     after = evaluate_policy(aligned, reference_model, tokenizer, task, eval_prompts, heldout, settings.seed + 2)
     per_round_metrics: List[Dict[str, Any]] = result["metrics"]
     generated = sum(m.get("samples/policy", 0) + m.get("samples/reference", 0) for m in per_round_metrics)
-    summary = {
+    rewards = " ".join(f"{m.get('eval/judge_score', float('nan')):.3f}" for m in per_round_metrics)
+    return run.finish({
         "task": "parity",
         "mode": "online",
         "strategy": strategy,
@@ -160,13 +140,4 @@ def run_online_demo(settings: DemoSettings, strategy: str = "online_dpo", rounds
         "train_pairs": sum(m.get("pairs", 0) for m in per_round_metrics),
         "generated_samples": generated,
         "per_round": per_round_metrics,
-        "seconds": round(time.time() - started, 1),
-        "run_dir": out,
-    }
-    with open(os.path.join(out, "summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
-    log(format_table(before, after))
-    rewards = " ".join(f"{m.get('eval/judge_score', float('nan')):.3f}" for m in per_round_metrics)
-    log(f"held-out reward after each round: {rewards}")
-    log(f"summary: {os.path.join(out, 'summary.json')}  ({summary['seconds']} s)")
-    return summary
+    }, notes=[f"held-out reward after each round: {rewards}"])

@@ -44,6 +44,7 @@ from ..scoring.vlm import VisionLogProbEngine
 from ..tiny import tiny_llava, tiny_vlm_processor
 from . import colours
 from .continual import continual_metrics
+from .experiment import torch_threads, vision_sft_steps
 
 NAMES = list(colours.COLOURS)
 QUESTIONS = {"colour": ("what colour is the square", 0), "next": ("which colour follows the square", 1),
@@ -138,18 +139,7 @@ def warm_up(model, processor, train: Dict[str, list], settings: VLMContinualSett
                 [processor.tokenizer.eos_token_id]
     engine = VisionLogProbEngine(get_spec("sft").needs, processor.tokenizer.pad_token_id, "prompt_shared")
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.warmup_lr)
-    generator = torch.Generator().manual_seed(settings.seed)
-    model.train()
-    for _ in range(settings.warmup_steps):
-        picks = torch.randint(len(examples), (settings.batch_size,), generator=generator).tolist()
-        batch = collate_vision([examples[i] for i in picks])
-        groups = type(batch.groups)((p, c[:1]) for p, c in batch.groups)
-        groups.pixel_values = batch.pixel_values
-        lp = engine.token_logprobs(model, groups)
-        loss = -(lp.sums / lp.lengths).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    vision_sft_steps(model, engine, examples, optimizer, settings.warmup_steps, settings.batch_size, settings.seed)
 
 
 def train_task(model, processor, pairs, settings: VLMContinualSettings, seed: int) -> float:
@@ -178,12 +168,8 @@ def train_task(model, processor, pairs, settings: VLMContinualSettings, seed: in
 
 def run_vlm_continual(settings: VLMContinualSettings, log=print) -> Dict[str, Any]:
     """The whole sequence (module docstring); returns the summary (also written to ``summary.json``)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
-    try:
+    with torch_threads(settings.threads):
         return _run(settings, log)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _items(settings: VLMContinualSettings) -> Tuple[Dict[str, list], Dict[str, list]]:

@@ -15,10 +15,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
@@ -26,19 +23,16 @@ import torch
 from ..data.vision import collate_vision, load_vision_examples, tokenize_vision_examples
 from ..losses import get_spec
 from ..paths import safe_join
-from ..reference import ModelReference
 from ..scoring.vlm import VisionLogProbEngine
 from ..tiny import tiny_llava, tiny_vlm_processor
 from . import colours
-from .demo import format_table
+from .experiment import (DemoRun, LossDemoSettings, load_models, loss_hparams, run_trainer, torch_threads,
+                         train_section, vision_sft_steps)
 
 
 @dataclass
-class VLMDemoSettings:
+class VLMDemoSettings(LossDemoSettings):
     output_dir: str = "runs/demo-vlm"
-    loss: str = "dpo"
-    loss_hparams: Dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
     n_train: int = 256
     n_eval: int = 64
     warmup_steps: int = 100
@@ -109,20 +103,7 @@ def warm_up(model, processor, items, settings: VLMDemoSettings) -> float:
         param.requires_grad_(settings.warmup_vision or "vision_tower" not in name)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.warmup_lr)
     engine = VisionLogProbEngine(get_spec("sft").needs, processor.tokenizer.pad_token_id, settings.layout)
-    generator = torch.Generator().manual_seed(settings.seed)
-    model.train()
-    nll = float("nan")
-    for _ in range(settings.warmup_steps):
-        picks = torch.randint(len(tokenized), (16,), generator=generator).tolist()
-        batch = collate_vision([tokenized[i] for i in picks])
-        groups = type(batch.groups)((prompt, completions[:1]) for prompt, completions in batch.groups)
-        groups.pixel_values = batch.pixel_values
-        lp = engine.token_logprobs(model, groups)
-        loss = -(lp.sums / lp.lengths).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        nll = float(loss.detach())
+    nll = vision_sft_steps(model, engine, tokenized, optimizer, settings.warmup_steps, 16, settings.seed)
     for param in model.parameters():
         param.requires_grad_(True)
     return nll
@@ -139,28 +120,18 @@ def wrong_answers(model, processor, items) -> List[str]:
 
 def run_vlm_demo(settings: VLMDemoSettings, log=print) -> Dict[str, Any]:
     """The whole experiment (module docstring) with ``settings.threads`` torch threads; returns the summary."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
-    try:
+    with torch_threads(settings.threads):
         return _run(settings, log)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(settings: VLMDemoSettings, log) -> Dict[str, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from ..config import from_dict
-    from ..train import Trainer
-
     spec = get_spec(settings.loss)
     if spec.needs.data != "pairs":
         raise ValueError(f"`dpokit demo --modality vlm --loss` takes a pairwise loss; {spec.name!r} trains on "
                          f"{spec.needs.data} data")
-    started = time.time()
-    out = settings.output_dir
-    os.makedirs(out, exist_ok=True)
-    torch.manual_seed(settings.seed)
+    run = DemoRun.start(settings.output_dir, settings.seed, log)
     log(f"[1/5] processor and tiny Llava (CLIP vision tower, Llama with hidden {settings.hidden_size})")
     processor = tiny_vlm_processor(colours.vocabulary_corpus(), vocab_size=64, word_level=True)
     model = tiny_llava(processor, hidden_size=settings.hidden_size, seed=settings.seed)
@@ -169,13 +140,11 @@ def _run(settings: VLMDemoSettings, log) -> Dict[str, Any]:
 
     log(f"[2/5] supervised warm-up on answers that are right {settings.warmup_accuracy:.0%} of the time")
     nll = warm_up(model, processor, train_items, settings)
-    warmup_dir = safe_join(out, "warmup")
-    model.save_pretrained(warmup_dir, safe_serialization=True)
-    processor.save_pretrained(warmup_dir)
+    warmup_dir = run.save(model, processor, "warmup")
     log(f"      warm-up NLL {nll:.3f}; saved to {warmup_dir}")
 
     log("[3/5] pairs: the right colour over the warm-up model's most likely wrong one")
-    data_dir = safe_join(out, "data")
+    data_dir = run.path("data")
     train_path = colours.write_records(colours.pair_records(train_items, wrong_answers(model, processor, train_items),
                                                             data_dir, "train"), safe_join(data_dir, "train.jsonl"))
     eval_path = colours.write_records(colours.pair_records(eval_items, wrong_answers(model, processor, eval_items),
@@ -185,34 +154,21 @@ def _run(settings: VLMDemoSettings, log) -> Dict[str, Any]:
     before = evaluate(model, model, processor, eval_items, heldout)
 
     log(f"[4/5] {settings.loss!r} through the trainer (model.kind: vlm, layout {settings.layout})")
-    loss_section = {"name": settings.loss, **settings.loss_hparams}
-    if spec.needs.reference and "beta" in spec.defaults and "beta" not in settings.loss_hparams:
-        loss_section["beta"] = settings.beta
-    config = from_dict({
+    config = run_trainer({
         "model": {"name_or_path": warmup_dir, "kind": "vlm"},
         "data": {"train": train_path, "eval": eval_path, "max_length": 64},
-        "loss": loss_section,
+        "loss": {"name": settings.loss, **loss_hparams(spec, settings.loss_hparams, settings.beta)},
         "reference": {"kind": "copy" if spec.needs.reference else "none"},
-        "train": {"output_dir": safe_join(out, "train"), "seed": settings.seed, "epochs": settings.dpo_epochs,
-                  "batch_size": settings.dpo_batch_size, "lr": settings.dpo_lr, "scheduler": "cosine",
-                  "warmup_ratio": 0.05, "log_every": 8, "report_to": [], "progress_bar": False,
-                  "mixed_precision": "no", "layout": settings.layout},
+        "train": train_section(run.path("train"), settings.seed, settings.dpo_epochs, settings.dpo_batch_size,
+                               settings.dpo_lr, 8, layout=settings.layout),
     })
-    Trainer(config).fit()
 
     log("[5/5] evaluating before and after on held-out images")
-    final_dir = safe_join(out, "train", "final")
-    aligned = AutoModelForImageTextToText.from_pretrained(final_dir, use_safetensors=True)
-    reference_model = AutoModelForImageTextToText.from_pretrained(warmup_dir, use_safetensors=True)
+    final_dir = run.path("train", "final")
+    aligned, reference_model = load_models(AutoModelForImageTextToText, final_dir, warmup_dir)
     after = evaluate(aligned, reference_model, AutoProcessor.from_pretrained(final_dir), eval_items, heldout)
-    summary = {"task": "colours", "loss": settings.loss, "loss_hparams": config.loss, "before": before,
-               "after": after, "train_pairs": settings.n_train, "seconds": round(time.time() - started, 1),
-               "run_dir": out}
-    with open(safe_join(out, "summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
-    log(format_table(before, after, TABLE_ROWS))
-    log(f"summary: {safe_join(out, 'summary.json')}  ({summary['seconds']} s)")
-    return summary
+    return run.finish({"task": "colours", "loss": settings.loss, "loss_hparams": config.loss, "before": before,
+                       "after": after, "train_pairs": settings.n_train}, TABLE_ROWS)
 
 
 TABLE_ROWS = (("expected reward (sampled)", "reward"), ("greedy accuracy", "greedy_accuracy"),
