@@ -56,6 +56,27 @@ def test_run_draws():
     config = from_dict({"model": {"name_or_path": "x"}, "data": {"train": "x"},
                         "train": {"max_steps": 7, "batch_size": 2}})
     assert run_draws(config, 6)[-1] >= 2  # 3 steps per epoch: epochs 0, 1, 2 are visited
+    # 4 processes share 24 examples: 6 each, 3 steps an epoch, so 7 steps reach epoch 2 (one process: epoch 0)
+    assert run_draws(config, 24, world_size=4)[-1] >= 2
+    assert run_draws(config, 24)[-1] >= 0
+
+
+def test_the_key_changes_with_the_scheduler_config_and_the_condition_encoder():
+    from dpokit.scoring.diffusion.cached import cache_key
+
+    reference, data = TinyDenoiser(1), examples(4)
+    scorer = DiffusionScorer(Needs(reference=True, data="pairs"), scheduler("epsilon"), seed=0)
+    base = cache_key(scorer, reference, data, [0], encode)
+    assert cache_key(scorer, reference, data, [0], encode) == base
+    other_betas = scheduler("epsilon")
+    other_betas.register_to_config(beta_end=0.03)
+    other = DiffusionScorer(Needs(reference=True, data="pairs"), other_betas, seed=0)
+    assert cache_key(other, reference, data, [0], encode) != base
+
+    def shifted(captions):  # another class order: other conditions for the same captions
+        return {"class_labels": (encode(captions)["class_labels"] + 1) % 3}
+
+    assert cache_key(scorer, reference, data, [0], shifted) != base
 
 
 def test_train_with_precomputed_reference_matches_the_live_reference(tmp_path):

@@ -107,10 +107,34 @@ def fingerprint_denoiser(model) -> str:
     return digest.hexdigest()
 
 
-def cache_key(scorer, reference_model, examples: Sequence, draws: Sequence[int]) -> str:
-    parts = [FORMAT_VERSION, fingerprint_denoiser(reference_model),
-             fingerprint_images(examples), repr((scorer.seed, scorer.timestep_range, scorer.prediction_type,
-                                                 type(scorer.scheduler).__name__, list(draws)))]
+def fingerprint_scheduler(scheduler) -> str:
+    """The scheduler's class and config (betas, schedule, number of timesteps, ...)."""
+    import json
+
+    config = getattr(scheduler, "config", None)
+    values = dict(config) if config is not None else {}
+    return type(scheduler).__name__ + json.dumps({k: v for k, v in values.items() if not k.startswith("_")},
+                                                 sort_keys=True, default=str)
+
+
+def fingerprint_conditions(encode, examples: Sequence) -> str:
+    """Hash of the conditions ``encode`` gives every distinct caption: it covers the text encoder's
+    weights and tokenizer, or the order of ``diffusion.classes``."""
+    digest = hashlib.blake2b(digest_size=16)
+    captions = sorted({ex.caption for ex in examples})
+    for start in range(0, len(captions), 64):
+        chunk = captions[start:start + 64]
+        for name, tensor in sorted(encode(chunk).items()):
+            digest.update(name.encode() + str(tensor.dtype).encode() + repr(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(scorer, reference_model, examples: Sequence, draws: Sequence[int], encode=None) -> str:
+    parts = [FORMAT_VERSION, fingerprint_denoiser(reference_model), fingerprint_images(examples),
+             fingerprint_scheduler(scorer.scheduler),
+             fingerprint_conditions(encode, examples) if encode is not None else "",
+             repr((scorer.seed, scorer.timestep_range, scorer.prediction_type, list(draws)))]
     return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
 
 
@@ -125,7 +149,8 @@ def precompute(scorer, reference, examples: Sequence, draws: Sequence[int], enco
         raise ConfigError("reference.precompute: an inverted x_t (diffusion.x_t ddim_inversion / renoise) depends "
                           "on the trained denoiser; precompute needs diffusion.x_t: forward")
     model = reference.model if hasattr(reference, "model") else reference
-    key = cache_key(scorer, model, examples, draws)
+    examples = list(examples)
+    key = cache_key(scorer, model, examples, draws, encode)
     path = safe_join(cache_dir, f"reference-{key}.safetensors")
     if os.path.exists(path):
         try:
@@ -161,13 +186,15 @@ def _reference_model(reference):
     return contextlib.nullcontext(reference)
 
 
-def run_draws(config, n_train: int) -> List[int]:
-    """The draws (epochs) a run visits: ``0..epochs-1``, or enough for ``train.max_steps``."""
+def run_draws(config, n_train: int, world_size: int = 1) -> List[int]:
+    """The draws (epochs) a run visits: ``0..epochs-1``, or enough for ``train.max_steps`` when each of
+    ``world_size`` processes takes ``train.batch_size`` of the ``n_train`` training examples a step."""
     import math
 
     t = config.train
     epochs = int(t.epochs)
     if t.max_steps:
-        per_epoch = max(1, math.ceil(math.ceil(n_train / max(1, t.batch_size)) / max(1, t.grad_accum)))
+        per_process = math.ceil(n_train / max(1, world_size))
+        per_epoch = max(1, math.ceil(math.ceil(per_process / max(1, t.batch_size)) / max(1, t.grad_accum)))
         epochs = math.ceil(t.max_steps / per_epoch) + 1
     return list(range(max(1, epochs)))

@@ -198,7 +198,7 @@ class DiffusionScorer:
             e_reference = e_reference.view(b, m)
         return e_policy, e_reference
 
-    def precompute_reference(self, config, reference, examples, device=None):
+    def precompute_reference(self, config, reference, examples, device=None, world_size: int = 1):
         """The reference errors of ``examples`` at every draw of the run, computed once
         (``reference.precompute``; :mod:`.cached`)."""
         from .cached import precompute, run_draws
@@ -208,7 +208,7 @@ class DiffusionScorer:
         cache_dir = config.reference.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "dpokit",
                                                                "reference")
         n_train = sum(1 for _ in examples)
-        return precompute(self, reference, examples, run_draws(config, n_train), self.encode,
+        return precompute(self, reference, examples, run_draws(config, n_train, world_size), self.encode,
                           config.train.batch_size, cache_dir, device)
 
     def loss_inputs(self, policy, batch, reference=None) -> LossInputs:
