@@ -51,6 +51,7 @@ class DiffusionConfig:
     classes: Optional[List[str]] = None  # condition class_labels: caption -> index in this list
     image_size: Optional[int] = None  # images are resized to image_size x image_size
     timestep_range: Optional[List[int]] = None  # [lo, hi) of the uniform timestep draw (default [0, T))
+    num_frames: Optional[int] = None  # video denoisers: every clip must have this many frames (default: any)
 
 
 @dataclass

@@ -4,7 +4,9 @@
   the denoiser trains (all weights, or LoRA on its attention projections with ``lora.enabled``);
   the scheduler and a frozen condition encoder (text encoder, class list or none) come with it;
 * data: image pairs (``caption``, ``chosen``/``rejected``, or Pick-a-Pic ``jpg_0``/``jpg_1``/``label_0``)
-  or ranked image lists (``images``, ``scores``), read by :mod:`dpokit.data.images`;
+  or ranked image lists (``images``, ``scores``), read by :mod:`dpokit.data.images`; for a video
+  denoiser (``WanTransformer3DModel``) clip pairs, clips with per-segment labels or ranked clip lists,
+  read by :mod:`dpokit.data.video`;
 * scoring: the diffusion scorer (:mod:`dpokit.scoring.diffusion`); the noise of an example is drawn
   per (seed, example, epoch), and evaluation uses draw 0;
 * reference: ``copy`` (a frozen copy of the initial denoiser) or ``lora_disabled`` (the LoRA
@@ -29,7 +31,8 @@ logger = logging.getLogger("dpokit")
 class DiffusionAssets:
     """What the diffusion scorer and the batches need besides the denoiser."""
 
-    def __init__(self, scheduler, conditioner, root: str, denoiser_folder: str):
+    def __init__(self, scheduler, conditioner, root: str, denoiser_folder: str, video: bool = False):
+        self.video = video  # samples are clips [C, F, H, W]
         self.scheduler = scheduler
         self.conditioner = conditioner
         self.root = root
@@ -64,32 +67,43 @@ class DiffusionFamily:
             raise ConfigError(f"diffusion.condition: text_encoder needs {root}/text_encoder and {root}/tokenizer")
         if d.condition == "class_labels" and not d.classes:
             raise ConfigError("diffusion.classes: condition class_labels needs the list of class captions")
+        if d.num_frames is not None and (isinstance(d.num_frames, bool) or not isinstance(d.num_frames, int)
+                                         or d.num_frames < 1):
+            raise ConfigError(f"diffusion.num_frames: expected a positive integer, got {d.num_frames!r}")
         if d.timestep_range is not None and len(d.timestep_range) != 2:
             raise ConfigError(f"diffusion.timestep_range: expected [lo, hi), got {d.timestep_range}")
 
     def load_policy(self, config):
-        from .diffusion_models import apply_lora, build_conditioner, denoiser_dir, load_denoiser, load_scheduler
+        from .diffusion_models import (VIDEO_DENOISERS, apply_lora, build_conditioner, denoiser_dir, load_denoiser,
+                                       load_scheduler)
         from .models import DTYPES
 
         root = os.path.expanduser(config.model.name_or_path)
-        path, _ = denoiser_dir(root, config.diffusion.denoiser)
+        path, name = denoiser_dir(root, config.diffusion.denoiser)
         model = load_denoiser(root, config.diffusion.denoiser, DTYPES.get(config.model.dtype))
         if config.model.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         conditioner = build_conditioner(root, config.diffusion.condition, config.diffusion.classes, model)
         if config.lora.enabled:
             model = apply_lora(model, config.lora)
-        return model, DiffusionAssets(load_scheduler(root), conditioner, root, os.path.relpath(path, root))
+        return model, DiffusionAssets(load_scheduler(root), conditioner, root, os.path.relpath(path, root),
+                                      video=name in VIDEO_DENOISERS)
 
     def load_data(self, trainer):
         import torch
 
         from .data.images import load_image_examples
+        from .data.video import load_video_examples
 
         config = trainer.config
         d, size = config.data, config.diffusion.image_size
-        train, report = load_image_examples(d.train, d.kind, size, d.limit)
-        evaluation = load_image_examples(d.eval, d.kind, size)[0] if d.eval else []
+        if getattr(trainer.tokenizer, "video", False):
+            load = lambda source, limit=None: load_video_examples(  # noqa: E731
+                source, d.kind, size, limit, config.diffusion.num_frames)
+        else:
+            load = lambda source, limit=None: load_image_examples(source, d.kind, size, limit)  # noqa: E731
+        train, report = load(d.train, d.limit)
+        evaluation = load(d.eval)[0] if d.eval else []
         if not evaluation and d.eval_fraction > 0:
             perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.train.seed)).tolist()
             n_eval = max(1, int(len(train) * d.eval_fraction))
@@ -106,9 +120,11 @@ class DiffusionFamily:
 
     def collate(self, trainer, examples, training: bool = True):
         from .data.images import collate_images
+        from .data.video import collate_videos
 
         draw = trainer.state["epoch"] if training and hasattr(trainer, "state") else 0
-        batch = collate_images(examples, [draw] * len(examples), trainer.tokenizer.conditioner)
+        collate = collate_videos if getattr(trainer.tokenizer, "video", False) else collate_images
+        batch = collate(examples, [draw] * len(examples), trainer.tokenizer.conditioner)
         return batch.to(trainer.accelerator.device)
 
     def save_final(self, trainer) -> str:

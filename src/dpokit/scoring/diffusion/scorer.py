@@ -51,6 +51,7 @@ import torch
 from ...errors import ConfigError
 from ...losses import LossInputs, Needs
 from .noise import draw_noise, model_timesteps, noised_and_target, num_train_timesteps, prediction_type
+from .segments import segment_errors, segment_extras, segment_plan, wants_segments
 
 
 def refuse_unservable(needs: Needs) -> None:
@@ -134,8 +135,11 @@ class DiffusionScorer:
                             self.seed, self.timestep_range)
         return eps.to(images.device, images.dtype), t.to(images.device)
 
-    def errors(self, policy, batch, reference=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Per-sample denoising errors ``e_pi`` and ``e_ref`` (or None), each [B, M]."""
+    def errors(self, policy, batch, reference=None,
+               segments: Optional[Dict[str, Any]] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Per-sample denoising errors ``e_pi`` and ``e_ref`` (or None), each [B, M]. With a dict
+        ``segments``, also the per-segment errors of video samples from the same predictions
+        (:mod:`.segments`): ``segments["policy"]``, ``segments["reference"]`` [B, M, S]."""
         images = batch.images
         b, m = images.shape[:2]
         sample_shape = images.shape[2:]
@@ -146,7 +150,11 @@ class DiffusionScorer:
         x_t, target = noised_and_target(self.scheduler, x0, eps, t, self.prediction_type)
         t = model_timesteps(self.scheduler, t, self.prediction_type).to(x_t.device)
         conditions = {k: v.repeat_interleave(m, dim=0) for k, v in (batch.conditions or {}).items()}
-        e_policy = per_sample_error(predict(policy, x_t, t, conditions), target).view(b, m)
+        plan = segment_plan(batch, m) if segments is not None else None
+        prediction = predict(policy, x_t, t, conditions)
+        e_policy = per_sample_error(prediction, target).view(b, m)
+        if plan is not None:
+            segments["policy"] = segment_errors(prediction, target, *plan).view(b, m, -1)
         e_reference = None
         if self.needs.reference:
             if reference is None:
@@ -154,14 +162,17 @@ class DiffusionScorer:
             with torch.no_grad():
                 if hasattr(reference, "active"):  # dpokit.reference objects
                     with reference.active() as model:
-                        e_reference = per_sample_error(predict(model, x_t, t, conditions), target)
+                        ref_prediction = predict(model, x_t, t, conditions)
                 else:
-                    e_reference = per_sample_error(predict(reference, x_t, t, conditions), target)
-            e_reference = e_reference.view(b, m)
+                    ref_prediction = predict(reference, x_t, t, conditions)
+                e_reference = per_sample_error(ref_prediction, target).view(b, m)
+                if plan is not None:
+                    segments["reference"] = segment_errors(ref_prediction, target, *plan).view(b, m, -1)
         return e_policy, e_reference
 
     def loss_inputs(self, policy, batch, reference=None) -> LossInputs:
-        e_policy, e_reference = self.errors(policy, batch, reference)
+        segments: Optional[Dict[str, Any]] = {} if wants_segments(self.needs) else None
+        e_policy, e_reference = self.errors(policy, batch, reference, segments)
         lp = -e_policy
         lr = None if e_reference is None else -e_reference
         ones = torch.ones(lp.shape, device=lp.device)
@@ -190,6 +201,8 @@ class DiffusionScorer:
             inputs.lengths = ones[:, 0]
             inputs.labels = batch.labels.to(lp.device)
         inputs.extras = {k: v.to(lp.device) for k, v in (getattr(batch, "extras", None) or {}).items()}
+        if segments is not None:  # DenseDPO: per-segment surrogates of the same predictions
+            inputs.extras.update(segment_extras(segments))
         return inputs
 
 
