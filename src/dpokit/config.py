@@ -52,6 +52,8 @@ class DiffusionConfig:
     image_size: Optional[int] = None  # images are resized to image_size x image_size
     timestep_range: Optional[List[int]] = None  # [lo, hi) of the uniform timestep draw (default [0, T))
     num_frames: Optional[int] = None  # video denoisers: every clip must have this many frames (default: any)
+    sample_grids: int = 4  # after training: policy vs reference samples of this many captions (0: none)
+    sample_steps: int = 20  # sampler steps of those samples (DDIM, or Euler for flow matching)
 
 
 @dataclass

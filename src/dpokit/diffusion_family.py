@@ -12,7 +12,9 @@
 * reference: ``copy`` (a frozen copy of the initial denoiser) or ``lora_disabled`` (the LoRA
   denoiser with its adapters off), as :mod:`dpokit.reference` builds them;
 * output: ``final/`` holds the trained denoiser in the input's layout (LoRA merged; the adapter
-  itself under ``final/adapter``) next to copies of the other folders (scheduler, text encoder, ...).
+  itself under ``final/adapter``) next to copies of the other folders (scheduler, text encoder, ...);
+  ``samples/diffusion/`` holds policy vs reference samples from fixed noise (images, or the first,
+  middle and last frames of clips) that ``dpokit report`` shows.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 from .data.build import DataPlan
 from .errors import ConfigError
+from .paths import safe_join
 
 logger = logging.getLogger("dpokit")
 
@@ -128,7 +131,6 @@ class DiffusionFamily:
         return batch.to(trainer.accelerator.device)
 
     def save_final(self, trainer) -> str:
-        from .paths import safe_join
 
         assets: DiffusionAssets = trainer.tokenizer
         final = safe_join(trainer.output_dir, "final")
@@ -154,5 +156,16 @@ class DiffusionFamily:
                 model.save_pretrained(os.path.join(final, "adapter"), safe_serialization=True)
                 model = copy.deepcopy(model).merge_and_unload()
             model.save_pretrained(out, safe_serialization=True)
+            self.write_samples(trainer)
         trainer.accelerator.wait_for_everyone()
         return final
+
+    def write_samples(self, trainer) -> None:
+        """Policy vs reference samples from fixed noise, for the report (``diffusion.sample_grids``)."""
+        from .diffusion_sampling import write_run_samples
+        from .eval.sample_grids import FOLDER
+
+        try:
+            write_run_samples(trainer, safe_join(trainer.output_dir, FOLDER))
+        except Exception as err:  # the trained model is saved; a failed drawing must not lose the run
+            logger.warning("sample grids not written: %s: %s", type(err).__name__, err)
