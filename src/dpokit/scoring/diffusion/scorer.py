@@ -35,6 +35,10 @@ official formula written out. The paper's ``beta * T * omega(lambda_t)`` with a 
 corresponds to ``beta / D`` here (inferred from the code averaging over ``D``; the paper's equation
 was not re-read).
 
+Video clips ``[C, F, H, W]`` are samples like images (``D = C*F*H*W``). For a loss that reads
+per-segment surrogates (``dense_segment_dpo``), the same predictions are also reduced per segment of
+frames (:mod:`.segments`) into ``extras["segment_policy_logps"]`` / ``["segment_reference_logps"]``.
+
 One forward of the policy over all B*M samples (and one of the reference, under ``no_grad``). The
 scorer computes only what the loss's ``Needs`` ask for, and refuses when built what it cannot serve:
 per-token log-probs, vocabulary statistics, prompt log-probs and mismatched-KL terms have no
