@@ -33,3 +33,18 @@ def test_disagreeing_pairs_label_each_segment_by_the_target():
         assert total[0] >= total[1]  # the clip-level winner first
     assert in_target(task, x, ("A", "B")) == pytest.approx(
         [float((task.segment_scores(x)[:, 0] > 0).float().mean()), float((task.segment_scores(x)[:, 1] <= 0).float().mean())])
+
+
+@pytest.mark.slow
+def test_the_experiment_runs_end_to_end(tmp_path):
+    from dpokit.tasks.segment_video import run_segment_experiment
+
+    rows = run_segment_experiment(seed=0, pretrain_steps=3, pretrain_batch=8, pairs_from=96, sample_steps=2, eval_n=8,
+                                  epochs=1, batch=8, pretrained_dir=str(tmp_path / "pre"), log=lambda m: None)
+    assert [(r["target"], r["loss"]) for r in rows] == [("AB", "dense_segment_dpo"), ("AB", "dpo"),
+                                                         ("BA", "dense_segment_dpo"), ("BA", "dpo")]
+    assert all(len(r["before"]) == 2 and len(r["after"]) == 2 and r["pairs"] > 0 for r in rows)
+    assert (tmp_path / "pre" / "config.json").exists()  # a second call loads it
+    again = run_segment_experiment(seed=0, pairs_from=96, sample_steps=2, eval_n=8, epochs=1, batch=8,
+                                   pretrained_dir=str(tmp_path / "pre"), log=lambda m: None)
+    assert [r["before"] for r in again] == [r["before"] for r in rows]

@@ -22,8 +22,9 @@ runs the target and its mirror image with the same seeds. ``run_segment_experime
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -164,10 +165,21 @@ def in_target(task: SegmentVideoTask, clips: torch.Tensor, target: Sequence[str]
 
 def run_segment_experiment(seed: int = 0, pretrain_steps: int = 600, pretrain_batch: int = 64, pairs_from: int = 1024,
                            sample_steps: int = 10, eval_n: int = 512, beta: float = 250.0, lr: float = 1e-4,
-                           epochs: int = 3, batch: int = 16, log=print) -> List[Dict[str, object]]:
+                           epochs: int = 3, batch: int = 16, pretrained_dir: Optional[str] = None,
+                           log=print) -> List[Dict[str, object]]:
+    """The table: per target (A, B) and (B, A), per loss, the fraction in the target's mode per segment
+    before and after. ``pretrained_dir``: where the pretrained denoiser is saved, and loaded from when
+    it is already there (same seed and settings: the caller's business)."""
+    from diffusers import WanTransformer3DModel
+
     task, scheduler = SegmentVideoTask(), flow_scheduler()
-    base = tiny_wan(seed)
-    mse = pretrain(base, scheduler, task, pretrain_steps, pretrain_batch, 2e-3, seed)
+    if pretrained_dir and os.path.isfile(os.path.join(pretrained_dir, "config.json")):
+        base, mse = WanTransformer3DModel.from_pretrained(pretrained_dir, use_safetensors=True), float("nan")
+    else:
+        base = tiny_wan(seed)
+        mse = pretrain(base, scheduler, task, pretrain_steps, pretrain_batch, 2e-3, seed)
+        if pretrained_dir:
+            base.save_pretrained(pretrained_dir, safe_serialization=True)
     before = draw(base, scheduler, task, eval_n, seed + 1000, sample_steps)
     log(f"pretrained: flow MSE {mse:.4f}; first half in A {in_target(task, before, 'AA')[0]:.3f}, "
         f"second half in A {in_target(task, before, 'AA')[1]:.3f}")
