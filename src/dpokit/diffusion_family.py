@@ -131,7 +131,6 @@ class DiffusionFamily:
         return batch.to(trainer.accelerator.device)
 
     def save_final(self, trainer) -> str:
-
         assets: DiffusionAssets = trainer.tokenizer
         final = safe_join(trainer.output_dir, "final")
         trainer.accelerator.wait_for_everyone()
