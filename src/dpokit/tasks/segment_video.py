@@ -163,13 +163,14 @@ def in_target(task: SegmentVideoTask, clips: torch.Tensor, target: Sequence[str]
     return [float((mode_a[:, k] if m == "A" else ~mode_a[:, k]).float().mean()) for k, m in enumerate(target)]
 
 
-def run_segment_experiment(seed: int = 0, pretrain_steps: int = 600, pretrain_batch: int = 64, pairs_from: int = 1024,
-                           sample_steps: int = 10, eval_n: int = 512, beta: float = 250.0, lr: float = 1e-4,
-                           epochs: int = 3, batch: int = 16, pretrained_dir: Optional[str] = None,
+def run_segment_experiment(seed: int = 0, pretrain_steps: int = 400, pretrain_batch: int = 32, pairs_from: int = 768,
+                           sample_steps: int = 10, eval_n: int = 256, beta: float = 250.0, lr: float = 1e-3,
+                           epochs: int = 10, batch: int = 16, pretrained_dir: Optional[str] = None,
                            log=print) -> List[Dict[str, object]]:
     """The table: per target (A, B) and (B, A), per loss, the fraction in the target's mode per segment
     before and after. ``pretrained_dir``: where the pretrained denoiser is saved, and loaded from when
-    it is already there (same seed and settings: the caller's business)."""
+    it is already there (same seed and settings: the caller's business). The defaults are the settings
+    of the table in docs/diffusion.md."""
     from diffusers import WanTransformer3DModel
 
     task, scheduler = SegmentVideoTask(), flow_scheduler()
