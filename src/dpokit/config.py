@@ -55,6 +55,9 @@ class DiffusionConfig:
     inversion_steps: int = 10  # inverse DDIM grid (official: 10; SmPO SD1.5: 5)
     inversion_eta: float = 0.0  # ddim_inversion: eta noise per step (InPO code: 0.1)
     inversion_model: str = "policy"  # policy (as the official code) | reference
+    num_frames: Optional[int] = None  # video denoisers: every clip must have this many frames (default: any)
+    sample_grids: int = 4  # after training: policy vs reference samples of this many captions (0: none)
+    sample_steps: int = 20  # sampler steps of those samples (DDIM, or Euler for flow matching)
 
 
 @dataclass

@@ -5,14 +5,18 @@
   the scheduler and a frozen condition encoder (text encoder, class list or none) come with it;
 * data: image pairs (``caption``, ``chosen``/``rejected``, or Pick-a-Pic ``jpg_0``/``jpg_1``/``label_0``)
   or ranked image lists (``images``, ``scores``), read by :mod:`dpokit.data.images`; a pairwise loss
-  on lists gets the pairs ``data.pair_builder`` builds (:mod:`dpokit.data.image_lists`);
+  on lists gets the pairs ``data.pair_builder`` builds (:mod:`dpokit.data.image_lists`); for a video
+  denoiser (``WanTransformer3DModel``) clip pairs, clips with per-segment labels or ranked clip lists,
+  read by :mod:`dpokit.data.video`;
 * scoring: the diffusion scorer (:mod:`dpokit.scoring.diffusion`); the noise of an example is drawn
   per (seed, example, epoch), and evaluation uses draw 0;
 * reference: ``copy`` (a frozen copy of the initial denoiser) or ``lora_disabled`` (the LoRA
   denoiser with its adapters off), as :mod:`dpokit.reference` builds them; ``reference.precompute``
   computes its errors once per (example, draw) (:mod:`dpokit.scoring.diffusion.cached`);
 * output: ``final/`` holds the trained denoiser in the input's layout (LoRA merged; the adapter
-  itself under ``final/adapter``) next to copies of the other folders (scheduler, text encoder, ...).
+  itself under ``final/adapter``) next to copies of the other folders (scheduler, text encoder, ...);
+  ``samples/diffusion/`` holds policy vs reference samples from fixed noise (images, or the first,
+  middle and last frames of clips) that ``dpokit report`` shows.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 from .data.build import DataPlan
 from .errors import ConfigError
+from .paths import safe_join
 
 logger = logging.getLogger("dpokit")
 
@@ -31,7 +36,8 @@ logger = logging.getLogger("dpokit")
 class DiffusionAssets:
     """What the diffusion scorer and the batches need besides the denoiser."""
 
-    def __init__(self, scheduler, conditioner, root: str, denoiser_folder: str):
+    def __init__(self, scheduler, conditioner, root: str, denoiser_folder: str, video: bool = False):
+        self.video = video  # samples are clips [C, F, H, W]
         self.scheduler = scheduler
         self.conditioner = conditioner
         self.root = root
@@ -69,32 +75,43 @@ class DiffusionFamily:
             raise ConfigError(f"diffusion.condition: text_encoder needs {root}/text_encoder and {root}/tokenizer")
         if d.condition == "class_labels" and not d.classes:
             raise ConfigError("diffusion.classes: condition class_labels needs the list of class captions")
+        if d.num_frames is not None and (isinstance(d.num_frames, bool) or not isinstance(d.num_frames, int)
+                                         or d.num_frames < 1):
+            raise ConfigError(f"diffusion.num_frames: expected a positive integer, got {d.num_frames!r}")
         if d.timestep_range is not None and len(d.timestep_range) != 2:
             raise ConfigError(f"diffusion.timestep_range: expected [lo, hi), got {d.timestep_range}")
 
     def load_policy(self, config):
-        from .diffusion_models import apply_lora, build_conditioner, denoiser_dir, load_denoiser, load_scheduler
+        from .diffusion_models import (VIDEO_DENOISERS, apply_lora, build_conditioner, denoiser_dir, load_denoiser,
+                                       load_scheduler)
         from .models import DTYPES
 
         root = os.path.expanduser(config.model.name_or_path)
-        path, _ = denoiser_dir(root, config.diffusion.denoiser)
+        path, name = denoiser_dir(root, config.diffusion.denoiser)
         model = load_denoiser(root, config.diffusion.denoiser, DTYPES.get(config.model.dtype))
         if config.model.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         conditioner = build_conditioner(root, config.diffusion.condition, config.diffusion.classes, model)
         if config.lora.enabled:
             model = apply_lora(model, config.lora)
-        return model, DiffusionAssets(load_scheduler(root), conditioner, root, os.path.relpath(path, root))
+        return model, DiffusionAssets(load_scheduler(root), conditioner, root, os.path.relpath(path, root),
+                                      video=name in VIDEO_DENOISERS)
 
     def load_data(self, trainer):
         import torch
 
         from .data.images import load_image_examples
+        from .data.video import load_video_examples
 
         config = trainer.config
         d, size = config.data, config.diffusion.image_size
-        train, report = load_image_examples(d.train, d.kind, size, d.limit)
-        evaluation = load_image_examples(d.eval, d.kind, size)[0] if d.eval else []
+        if getattr(trainer.tokenizer, "video", False):
+            load = lambda source, limit=None: load_video_examples(  # noqa: E731
+                source, d.kind, size, limit, config.diffusion.num_frames)
+        else:
+            load = lambda source, limit=None: load_image_examples(source, d.kind, size, limit)  # noqa: E731
+        train, report = load(d.train, d.limit)
+        evaluation = load(d.eval)[0] if d.eval else []
         if not evaluation and d.eval_fraction > 0:
             perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.train.seed)).tolist()
             n_eval = max(1, int(len(train) * d.eval_fraction))
@@ -120,14 +137,14 @@ class DiffusionFamily:
 
     def collate(self, trainer, examples, training: bool = True):
         from .data.images import collate_images
+        from .data.video import collate_videos
 
         draw = trainer.state["epoch"] if training and hasattr(trainer, "state") else 0
-        batch = collate_images(examples, [draw] * len(examples), trainer.tokenizer.conditioner)
+        collate = collate_videos if getattr(trainer.tokenizer, "video", False) else collate_images
+        batch = collate(examples, [draw] * len(examples), trainer.tokenizer.conditioner)
         return batch.to(trainer.accelerator.device)
 
     def save_final(self, trainer) -> str:
-        from .paths import safe_join
-
         assets: DiffusionAssets = trainer.tokenizer
         final = safe_join(trainer.output_dir, "final")
         trainer.accelerator.wait_for_everyone()
@@ -152,5 +169,16 @@ class DiffusionFamily:
                 model.save_pretrained(os.path.join(final, "adapter"), safe_serialization=True)
                 model = copy.deepcopy(model).merge_and_unload()
             model.save_pretrained(out, safe_serialization=True)
+            self.write_samples(trainer)
         trainer.accelerator.wait_for_everyone()
         return final
+
+    def write_samples(self, trainer) -> None:
+        """Policy vs reference samples from fixed noise, for the report (``diffusion.sample_grids``)."""
+        from .diffusion_sampling import write_run_samples
+        from .eval.sample_grids import FOLDER
+
+        try:
+            write_run_samples(trainer, safe_join(trainer.output_dir, FOLDER))
+        except Exception as err:  # the trained model is saved; a failed drawing must not lose the run
+            logger.warning("sample grids not written: %s: %s", type(err).__name__, err)

@@ -25,6 +25,7 @@ from .errors import ConfigError
 
 DENOISERS = ("UNet2DConditionModel", "UNet2DModel", "SD3Transformer2DModel", "DiTTransformer2DModel",
              "Transformer2DModel", "FluxTransformer2DModel", "WanTransformer3DModel")
+VIDEO_DENOISERS = ("WanTransformer3DModel",)  # samples [C, F, H, W]: clips (dpokit.data.video)
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
               "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
 DENOISER_FOLDERS = ("unet", "transformer", ".")

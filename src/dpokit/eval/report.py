@@ -13,7 +13,9 @@ Sections, each shown when its data exists in the run directories:
   as several lines);
 * implicit-reward margin histograms and the evaluation table (``eval.json``);
 * layer trace (contraction and transport per layer, policy vs reference);
-* sample answers of the policy next to the reference's (``samples.jsonl``).
+* sample answers of the policy next to the reference's (``samples.jsonl``);
+* diffusion runs: image grids, or frame grids (first, middle, last frame) of video samples, of the
+  policy next to the reference from the same noise (``samples/diffusion/``, :mod:`.sample_grids`).
 
 Without matplotlib the page has the tables and samples, and says how to get the plots.
 """
@@ -29,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..paths import safe_join
 from .compare import compare_rows
 from .runs import Run, load_run, unique_names
+from .sample_grids import grids_section
 from .suite import TABLE_ROWS, lookup
 
 CURVES = (
@@ -321,6 +324,7 @@ def build_report(paths: Sequence[str], output: str, title: Optional[str] = None)
         parts += ["<h2>Layer trace</h2>", _img(plots["layers"], "layer-wise contraction and transport"),
                   "<p class=note>our SPINAL-style estimator: spectral tail exponent of each block's outputs, and the "
                   "Fisher-Rao distance between logit-lens distributions of adjacent blocks (docs/evaluation.md).</p>"]
+    parts += grids_section(runs)  # diffusion runs: policy vs reference images / key frames
     samples = "".join(samples_table(run) for run in runs)
     if samples:
         parts += ["<h2>Sample answers: policy vs reference</h2>", samples]

@@ -227,7 +227,8 @@ def dense_segment_dpo_loss(inputs: LossInputs, beta: float = 2500.0, reduction: 
     [partial] Verification: PARTIAL (UNVERIFIED loss). DenseDPO has no official code and its loss was not read; this shape is
     inferred from the paper's description (one preference per segment) and a review. Whether ties are
     dropped, mean or sum over segments, and ``beta`` (default 2500, as Diffusion-DPO) are unknown.
-    Per-segment reduction of the error is the scorer's business.
+    Per-segment reduction of the error is the scorer's business (``dpokit.scoring.diffusion.segments``,
+    from video records with ``segments`` and ``segment_labels``, ``dpokit.data.video``).
     Source: Wu et al. 2025, arXiv 2506.03517 (abstract, project page, review).
     """
     _check_beta("dense_segment_dpo", beta)

@@ -29,6 +29,7 @@ import torch
 
 from ..data import EpochBatchOrder
 from ..data.images import collate_images, load_image_examples, to_pil
+from ..eval.sample_grids import FOLDER as GRIDS_FOLDER, save_sample_grids
 from ..losses import get_loss, get_spec
 from ..paths import safe_join
 from ..reference import ModelReference
@@ -215,6 +216,7 @@ def run_diffusion_demo(settings: DiffusionDemoSettings, log=print) -> Dict[str, 
 
     aligned = UNet2DModel.from_pretrained(final_dir, use_safetensors=True)
     after = evaluate(aligned, reference, scheduler, scorer, task, heldout, settings, settings.prefer)
+    write_demo_grids(aligned, reference, scheduler, task, settings, safe_join(out, "train", GRIDS_FOLDER))
     summary = {
         "task": "bimodal-images",
         "prefer": settings.prefer,
@@ -233,6 +235,16 @@ def run_diffusion_demo(settings: DiffusionDemoSettings, log=print) -> Dict[str, 
     log(format_table(before, after, TABLE_ROWS, width=28))
     log(f"summary: {safe_join(out, 'summary.json')}  ({summary['seconds']} s, {summary['cpu_seconds']} s CPU)")
     return summary
+
+
+def write_demo_grids(model, reference, scheduler, task: BimodalTask, settings, directory: str) -> str:
+    """One sample per class of the trained model and of the reference, from the same noise (the report's grid)."""
+    classes = {"class_labels": torch.arange(task.num_classes)}
+    seed = settings.seed + 3000
+    policy = ddim_sample(model, scheduler, classes, task.num_classes, task.size, seed, settings.sample_steps)
+    with reference.active() as ref:
+        before = ddim_sample(ref, scheduler, classes, task.num_classes, task.size, seed, settings.sample_steps)
+    return save_sample_grids(directory, task.captions(), policy, before, {"seed": seed, "steps": settings.sample_steps})
 
 
 TABLE_ROWS = (("fraction in preferred mode", "fraction_in_preferred_mode"), ("fraction in mode A", "fraction_in_A"),

@@ -1,9 +1,10 @@
 """A tiny text-to-image pipeline directory built in-process (no downloads), for tests and benchmarks.
 
-``save_tiny_pipeline(path, denoiser="unet" | "sd3")`` writes what ``model.kind: diffusion`` loads:
+``save_tiny_pipeline(path, denoiser="unet" | "sd3" | "wan")`` writes what ``model.kind: diffusion`` loads:
 ``unet/`` (a 2-block ``UNet2DConditionModel``) or ``transformer/`` (a 2-layer
-``SD3Transformer2DModel``), ``scheduler/`` (``DDPMScheduler``, epsilon or v-prediction; or
-``FlowMatchEulerDiscreteScheduler`` for the transformer), ``text_encoder/`` (a 1-layer
+``SD3Transformer2DModel``, or for video a 2-layer ``WanTransformer3DModel`` of 20k parameters on
+[B, 3, F, H, W] clips), ``scheduler/`` (``DDPMScheduler``, epsilon or v-prediction; or
+``FlowMatchEulerDiscreteScheduler`` for the transformers), ``text_encoder/`` (a 1-layer
 ``CLIPTextModel``) and ``tokenizer/`` (word level, trained on the captions), plus
 ``model_index.json``. ``save_image_pairs`` writes random-image pair records next to it.
 """
@@ -53,6 +54,15 @@ def tiny_sd3_transformer(size: int = 8, channels: int = 3):
                                  pooled_projection_dim=HIDDEN, pos_embed_max_size=16)
 
 
+def tiny_wan_transformer(channels: int = 3):
+    """A text-to-video ``WanTransformer3DModel`` (flow matching; patch 1x2x2, 2 layers, 2 heads of 12)."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                 in_channels=channels, out_channels=channels, text_dim=HIDDEN, freq_dim=32,
+                                 ffn_dim=32, num_layers=2, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+
+
 def save_tiny_pipeline(path: str, denoiser: str = "unet", prediction_type: str = "epsilon", seed: int = 0,
                        captions: Sequence[str] = ("a red square", "a blue circle", "a green bar"),
                        size: int = 8) -> str:
@@ -66,11 +76,11 @@ def save_tiny_pipeline(path: str, denoiser: str = "unet", prediction_type: str =
     if denoiser == "unet":
         model, folder = tiny_unet2d_condition(size), "unet"
         scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
-    elif denoiser == "sd3":
-        model, folder = tiny_sd3_transformer(size), "transformer"
-        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+    elif denoiser in ("sd3", "wan"):
+        model = tiny_sd3_transformer(size) if denoiser == "sd3" else tiny_wan_transformer()
+        folder, scheduler = "transformer", FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
     else:
-        raise ValueError(f"denoiser must be 'unet' or 'sd3', got {denoiser!r}")
+        raise ValueError(f"denoiser must be 'unet', 'sd3' or 'wan', got {denoiser!r}")
     model.save_pretrained(safe_join(path, folder), safe_serialization=True)
     scheduler.save_pretrained(safe_join(path, "scheduler"))
     index = {"_class_name": "DiffusionPipeline", folder: ["diffusers", type(model).__name__],

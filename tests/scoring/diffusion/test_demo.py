@@ -25,3 +25,7 @@ def test_diffusion_demo_quick(tmp_path):
     final = UNet2DModel.from_pretrained(os.path.join(out, "train", "final"))
     pretrained = UNet2DModel.from_pretrained(os.path.join(out, "pretrained"))
     assert any(not torch.equal(a, b) for a, b in zip(final.state_dict().values(), pretrained.state_dict().values()))
+    grids = json.load(open(os.path.join(out, "train", "samples", "diffusion", "index.json")))
+    assert grids["kind"] == "image" and len(grids["rows"]) == 4
+    assert all(os.path.isfile(os.path.join(out, "train", "samples", "diffusion", row[k]))
+               for row in grids["rows"] for k in ("policy", "reference"))

@@ -39,6 +39,10 @@ was not re-read).
 ``renoise`` (SmPO): ``x_t`` and its noise target from inverting ``x0`` with a denoiser under
 ``no_grad``. A precomputed reference (:mod:`.cached`) replaces the reference forward by a lookup.
 
+Video clips ``[C, F, H, W]`` are samples like images (``D = C*F*H*W``). For a loss that reads
+per-segment surrogates (``dense_segment_dpo``), the same predictions are also reduced per segment of
+frames (:mod:`.segments`) into ``extras["segment_policy_logps"]`` / ``["segment_reference_logps"]``.
+
 One forward of the policy over all B*M samples (and one of the reference, under ``no_grad``). The
 scorer computes only what the loss's ``Needs`` ask for, and refuses when built what it cannot serve:
 per-token log-probs, vocabulary statistics, prompt log-probs and mismatched-KL terms have no
@@ -56,6 +60,7 @@ import torch
 from ...errors import ConfigError
 from ...losses import LossInputs, Needs
 from .noise import draw_noise, model_timesteps, noised_and_target, num_train_timesteps, prediction_type
+from .segments import segment_errors, segment_extras, segment_plan, wants_segments
 
 
 def refuse_unservable(needs: Needs) -> None:
@@ -178,24 +183,36 @@ class DiffusionScorer:
         with torch.no_grad():
             return per_sample_error(predict(model, x_t, t, conditions), target).view(b, m)
 
-    def errors(self, policy, batch, reference=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Per-sample denoising errors ``e_pi`` and ``e_ref`` (or None), each [B, M]."""
+    def errors(self, policy, batch, reference=None,
+               segments: Optional[Dict[str, Any]] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Per-sample denoising errors ``e_pi`` and ``e_ref`` (or None), each [B, M]. With a dict
+        ``segments``, also the per-segment errors of video samples from the same predictions
+        (:mod:`.segments`): ``segments["policy"]``, ``segments["reference"]`` [B, M, S]."""
         b, m = batch.images.shape[:2]
         x_t, t, target, conditions = self.prepare(batch, policy, reference)
-        e_policy = per_sample_error(predict(policy, x_t, t, conditions), target).view(b, m)
+        plan = segment_plan(batch, m) if segments is not None else None
+        prediction = predict(policy, x_t, t, conditions)
+        e_policy = per_sample_error(prediction, target).view(b, m)
+        if plan is not None:
+            segments["policy"] = segment_errors(prediction, target, *plan).view(b, m, -1)
         e_reference = None
         if self.needs.reference:
             if reference is None:
                 raise ValueError("this loss needs a reference denoiser, but none was given")
             if hasattr(reference, "errors") and not getattr(reference, "has_model", True):  # precomputed
+                if plan is not None:
+                    raise ValueError("a precomputed reference holds whole-sample errors; a per-segment loss "
+                                     "(dense_segment_dpo) needs a live reference")
                 return e_policy, reference.errors(batch).to(e_policy.dtype)
             with torch.no_grad():
                 if hasattr(reference, "active"):  # dpokit.reference objects
                     with reference.active() as model:
-                        e_reference = per_sample_error(predict(model, x_t, t, conditions), target)
+                        ref_prediction = predict(model, x_t, t, conditions)
                 else:
-                    e_reference = per_sample_error(predict(reference, x_t, t, conditions), target)
-            e_reference = e_reference.view(b, m)
+                    ref_prediction = predict(reference, x_t, t, conditions)
+                e_reference = per_sample_error(ref_prediction, target).view(b, m)
+                if plan is not None:
+                    segments["reference"] = segment_errors(ref_prediction, target, *plan).view(b, m, -1)
         return e_policy, e_reference
 
     def precompute_reference(self, config, reference, examples, device=None, world_size: int = 1):
@@ -212,7 +229,8 @@ class DiffusionScorer:
                           config.train.batch_size, cache_dir, device)
 
     def loss_inputs(self, policy, batch, reference=None) -> LossInputs:
-        e_policy, e_reference = self.errors(policy, batch, reference)
+        segments: Optional[Dict[str, Any]] = {} if wants_segments(self.needs) else None
+        e_policy, e_reference = self.errors(policy, batch, reference, segments)
         lp = -e_policy
         lr = None if e_reference is None else -e_reference
         ones = torch.ones(lp.shape, device=lp.device)
@@ -241,6 +259,8 @@ class DiffusionScorer:
             inputs.lengths = ones[:, 0]
             inputs.labels = batch.labels.to(lp.device)
         inputs.extras = {k: v.to(lp.device) for k, v in (getattr(batch, "extras", None) or {}).items()}
+        if segments is not None:  # DenseDPO: per-segment surrogates of the same predictions
+            inputs.extras.update(segment_extras(segments))
         return inputs
 
 
