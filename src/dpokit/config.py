@@ -51,6 +51,10 @@ class DiffusionConfig:
     classes: Optional[List[str]] = None  # condition class_labels: caption -> index in this list
     image_size: Optional[int] = None  # images are resized to image_size x image_size
     timestep_range: Optional[List[int]] = None  # [lo, hi) of the uniform timestep draw (default [0, T))
+    vae: str = "auto"  # auto: encode images with the pipeline's vae/ when it has one | none: pixel space
+    latent_sample: str = "sample"  # sample: one seeded draw of the VAE posterior per image | mean
+    vae_batch_size: int = 16  # images per VAE encoder call when the latent cache is filled
+    controlnet_scale: float = 1.0  # conditioning_scale of a pipeline's controlnet/ (frozen)
 
 
 @dataclass
@@ -202,6 +206,8 @@ CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.kind": ("causal_lm", "vlm", "diffusion"),
     "diffusion.condition": ("auto", "text_encoder", "class_labels", "none"),
+    "diffusion.vae": ("auto", "none"),
+    "diffusion.latent_sample": ("sample", "mean"),
     "data.kind": ("pairs", "unpaired", "lists"),
     "data.pair_builder": ("best_vs_worst", "best_vs_each", "all_pairs", "margin"),
     "data.truncation_mode": ("keep_end", "keep_start"),

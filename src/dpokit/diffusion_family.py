@@ -34,6 +34,8 @@ class DiffusionAssets:
         self.conditioner = conditioner
         self.root = root
         self.denoiser_folder = denoiser_folder
+        self.vae = None  # AutoencoderKL of a latent pipeline (dpokit.diffusion_parts)
+        self.control = None  # ControlNetResiduals of a pipeline with a controlnet/
 
     def save_pretrained(self, path: str) -> None:  # what a checkpoint stores next to the weights
         self.scheduler.save_pretrained(os.path.join(path, "scheduler"))
@@ -69,6 +71,7 @@ class DiffusionFamily:
 
     def load_policy(self, config):
         from .diffusion_models import apply_lora, build_conditioner, denoiser_dir, load_denoiser, load_scheduler
+        from .diffusion_parts import load_parts
         from .models import DTYPES
 
         root = os.path.expanduser(config.model.name_or_path)
@@ -77,19 +80,26 @@ class DiffusionFamily:
         if config.model.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         conditioner = build_conditioner(root, config.diffusion.condition, config.diffusion.classes, model)
+        vae, control = load_parts(root, config.diffusion, model, DTYPES.get(config.model.dtype))
         if config.lora.enabled:
             model = apply_lora(model, config.lora)
-        return model, DiffusionAssets(load_scheduler(root), conditioner, root, os.path.relpath(path, root))
+        assets = DiffusionAssets(load_scheduler(root), conditioner, root, os.path.relpath(path, root))
+        assets.vae, assets.control = vae, control
+        return model, assets
 
     def load_data(self, trainer):
         import torch
 
+        from .data.conditions import check_bide_uniform, parse_conditioned_record
         from .data.images import load_image_examples
+        from .diffusion_parts import prepare_examples
 
         config = trainer.config
         d, size = config.data, config.diffusion.image_size
-        train, report = load_image_examples(d.train, d.kind, size, d.limit)
-        evaluation = load_image_examples(d.eval, d.kind, size)[0] if d.eval else []
+        parse = parse_conditioned_record  # + condition images and BideDPO records
+        train, report = load_image_examples(d.train, d.kind, size, d.limit, parse=parse)
+        evaluation = load_image_examples(d.eval, d.kind, size, parse=parse)[0] if d.eval else []
+        check_bide_uniform(train + evaluation)
         if not evaluation and d.eval_fraction > 0:
             perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.train.seed)).tolist()
             n_eval = max(1, int(len(train) * d.eval_fraction))
@@ -100,15 +110,20 @@ class DiffusionFamily:
         for position, ex in enumerate(evaluation):  # distinct noise seeds from the training examples
             ex.index = len(train) + position
         trainer.tokenizer.conditioner.to(trainer.accelerator.device)
+        latents = prepare_examples(trainer, train + evaluation)  # condition checks; VAE latents (cached)
         summary = f"{report['records']} records, {report['ties_dropped']} ties dropped, {len(train)} train, " \
                   f"{len(evaluation)} eval"
+        if latents:
+            summary += f"; latents: {latents['encoded']} encoded, {latents['cached']} from the cache"
         return train, evaluation, DataPlan(), {"load": summary, "tokenize": "images (no tokenization)"}
 
     def collate(self, trainer, examples, training: bool = True):
+        from .data.conditions import condition_batch
         from .data.images import collate_images
 
         draw = trainer.state["epoch"] if training and hasattr(trainer, "state") else 0
         batch = collate_images(examples, [draw] * len(examples), trainer.tokenizer.conditioner)
+        batch.conditions.update(condition_batch(examples))  # ControlNet condition images, if any
         return batch.to(trainer.accelerator.device)
 
     def save_final(self, trainer) -> str:

@@ -122,6 +122,9 @@ class DiffusionScorer:
         if not 0 <= lo < hi <= total:
             raise ConfigError(f"diffusion scorer: timestep_range must satisfy 0 <= lo < hi <= {total}, got {(lo, hi)}")
         self.timestep_range = (int(lo), int(hi))
+        # control(x_t, t, conditions) -> conditions: adds what a frozen conditioning model computes at
+        # (x_t, t), once for policy and reference (ControlNet residuals: dpokit.diffusion_control)
+        self.control = None
 
     def external_parameters(self, model) -> List[Any]:
         return []
@@ -146,6 +149,8 @@ class DiffusionScorer:
         x_t, target = noised_and_target(self.scheduler, x0, eps, t, self.prediction_type)
         t = model_timesteps(self.scheduler, t, self.prediction_type).to(x_t.device)
         conditions = {k: v.repeat_interleave(m, dim=0) for k, v in (batch.conditions or {}).items()}
+        if self.control is not None:
+            conditions = self.control(x_t, t, conditions)
         e_policy = per_sample_error(predict(policy, x_t, t, conditions), target).view(b, m)
         e_reference = None
         if self.needs.reference:
@@ -200,9 +205,12 @@ def diffusion_scorer(config, needs: Needs, scheduler, model) -> DiffusionScorer:
     ``config.train.seed``; ``config.diffusion.timestep_range`` bounds the timestep draw."""
     seed = getattr(getattr(config, "train", None), "seed", 0) if config is not None else 0
     timestep_range = getattr(getattr(config, "diffusion", None), "timestep_range", None)
+    control = getattr(scheduler, "control", None)  # DiffusionAssets of a pipeline with a controlnet/
     scheduler = getattr(scheduler, "scheduler", scheduler)
     if not hasattr(scheduler, "add_noise") and not hasattr(scheduler, "scale_noise"):
         raise ConfigError("the diffusion scorer needs a noise scheduler with add_noise (e.g. diffusers "
                           f"DDPMScheduler), got {type(scheduler).__name__}")
-    return DiffusionScorer(needs, scheduler, seed=seed,
-                           timestep_range=tuple(timestep_range) if timestep_range else None)
+    scorer = DiffusionScorer(needs, scheduler, seed=seed,
+                             timestep_range=tuple(timestep_range) if timestep_range else None)
+    scorer.control = control
+    return scorer
