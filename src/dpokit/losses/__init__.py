@@ -42,6 +42,7 @@ from . import (  # noqa: E402
     step_level,
     value,
     diffusion,
+    bide,
 )
 from . import modifiers  # noqa: E402
 from .modifiers import ModifiedLoss, apply_modifiers, build_loss, list_modifiers  # noqa: E402
@@ -50,7 +51,7 @@ from .unpaired import kto_weight_warning  # noqa: E402
 
 FAMILIES = (pairwise, anchored, distributional, divergence, multi_objective, reference_free, regularized,
             token_level, unpaired, listwise, online, policy_gradient, process_reward, step_level, value,
-            diffusion)
+            diffusion, bide)
 
 __all__ = [
     "LossInputs",
