@@ -25,7 +25,13 @@ def load_parts(root: str, diffusion, denoiser, dtype: Optional[torch.dtype] = No
     float32 (it encodes each image once); ``diffusion.vae: none`` trains in pixel space."""
     if diffusion.vae not in ("auto", "none"):
         raise ConfigError(f"diffusion.vae: {diffusion.vae!r} is not one of auto, none")
-    vae = load_vae(root) if diffusion.vae == "auto" else None
+    vae = load_vae(root)
+    if vae is not None and diffusion.vae == "none":
+        channels = getattr(getattr(denoiser, "config", None), "in_channels", 3)
+        if channels != 3:
+            raise ConfigError(f"diffusion.vae: none trains on RGB pixels, but the denoiser takes {channels} "
+                              f"channels (the VAE's latents): use diffusion.vae: auto")
+        vae = None
     if vae is not None:
         check_latent_channels(vae, denoiser)
     controlnet = load_controlnet(root, dtype)
