@@ -68,6 +68,9 @@ class DiffusionFamily:
             raise ConfigError("diffusion.classes: condition class_labels needs the list of class captions")
         if d.timestep_range is not None and len(d.timestep_range) != 2:
             raise ConfigError(f"diffusion.timestep_range: expected [lo, hi), got {d.timestep_range}")
+        from .diffusion_parts import check_config
+
+        check_config(d)  # vae / ControlNet keys
 
     def load_policy(self, config):
         from .diffusion_models import apply_lora, build_conditioner, denoiser_dir, load_denoiser, load_scheduler

@@ -20,6 +20,11 @@ from .scoring.diffusion.latents import check_latent_channels, encode_examples, l
 logger = logging.getLogger("dpokit")
 
 
+def check_config(diffusion) -> None:
+    if int(diffusion.vae_batch_size) < 1:
+        raise ConfigError(f"diffusion.vae_batch_size: must be >= 1, got {diffusion.vae_batch_size}")
+
+
 def load_parts(root: str, diffusion, denoiser, dtype: Optional[torch.dtype] = None) -> Tuple[Any, Any]:
     """``(vae or None, ControlNetResiduals or None)`` of the pipeline at ``root``. The VAE stays in
     float32 (it encodes each image once); ``diffusion.vae: none`` trains in pixel space."""

@@ -52,17 +52,18 @@ def test_latent_pipeline_encodes_each_image_once_over_epochs_and_runs(tmp_path, 
     with open(data, "w") as handle:
         handle.write("".join(json.dumps(r) + "\n" for r in rows))
     run = tmp_path / "run"
-    trainer = Trainer(config(model_dir, data, run))
+    trainer = Trainer(config(model_dir, data, run, train={"save_every": 1}))
     assert trainer.train_examples[0].images.shape == (2, 4, 8, 8)  # latents, not pixels
     assert count_encodes["images"] == 11
     assert trainer.fit()["epoch"] == 2
     assert count_encodes["images"] == 11  # two epochs, no more encoding
     latents = {ex.index: ex.images.clone() for ex in trainer.train_examples + trainer.eval_examples}
-    # a second run in the same directory (a resume loads the data the same way): all from the cache
-    again = Trainer(config(model_dir, data, run))
+    # resume from the last checkpoint for a third epoch: the data comes from the cache
+    again = Trainer(config(model_dir, data, run, train={"epochs": 3, "save_every": 1}))
     assert count_encodes["images"] == 11 and "11 from the cache" in again.data_report["load"]
     for ex in again.train_examples + again.eval_examples:
         assert torch.equal(ex.images, latents[ex.index])
+    assert again.fit(resume=True)["epoch"] == 3 and count_encodes["images"] == 11
     assert os.listdir(run / "latent_cache")
     final = run / "final"
     UNet2DConditionModel.from_pretrained(str(final / "unet"), use_safetensors=True)
@@ -72,6 +73,22 @@ def test_latent_pipeline_encodes_each_image_once_over_epochs_and_runs(tmp_path, 
 
     with pytest.raises(ConfigError, match="diffusion.vae: none trains on RGB pixels, but the denoiser takes 4"):
         Trainer(config(model_dir, data, tmp_path / "pixels", diffusion={"vae": "none"}))
+
+
+def test_dpokit_train_cli_on_a_latent_controlnet_pipeline(tmp_path):
+    import yaml
+
+    from dpokit.cli import main
+
+    model_dir = save_tiny_pipeline(str(tmp_path / "pipe"), "unet", size=16, vae=True, controlnet=True)
+    data = save_condition_pairs(str(tmp_path / "data"), 4, size=16)
+    raw = config(model_dir, data, tmp_path / "run", train={"epochs": 1}).to_yaml_dict()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path)]) == 0
+    final = tmp_path / "run" / "final"
+    assert {"unet", "vae", "controlnet", "scheduler"} <= set(os.listdir(final))
+    assert os.listdir(tmp_path / "run" / "latent_cache")
 
 
 def test_controlnet_pipeline_with_bide_dpo(tmp_path):
@@ -103,3 +120,15 @@ def test_controlnet_pipeline_refuses_records_without_condition(tmp_path):
         Trainer(config(model_dir, save_image_pairs(str(tmp_path / "data"), 4), tmp_path / "run"))
     data = save_condition_pairs(str(tmp_path / "cond"), 4, size=8)
     assert Trainer(config(model_dir, data, tmp_path / "run2", train={"epochs": 1})).fit()["status"] == "completed"
+
+
+def test_sd3_latent_pipeline_with_shift_factor(tmp_path):
+    from dpokit.scoring.diffusion.latents import load_vae
+    from dpokit.train import Trainer
+
+    model_dir = save_tiny_pipeline(str(tmp_path / "pipe"), "sd3", size=16, vae=True)
+    assert load_vae(model_dir).config.shift_factor == pytest.approx(0.0609)
+    trainer = Trainer(config(model_dir, save_image_pairs(str(tmp_path / "data"), 4, size=16), tmp_path / "run",
+                             train={"epochs": 1}, diffusion={"latent_sample": "mean"}))
+    assert trainer.scorer.prediction_type == "flow" and trainer.train_examples[0].images.shape == (2, 4, 8, 8)
+    assert trainer.fit()["status"] == "completed"

@@ -1,7 +1,8 @@
 """Tiny VAE and ControlNet parts for the local test pipelines, and data with condition images.
 
 ``save_tiny_parts`` writes ``vae/`` (an ``AutoencoderKL`` with 2 blocks: 2x downsampling, 4 latent
-channels, 44k parameters) and ``controlnet/`` (``ControlNetModel.from_unet`` of the pipeline's UNet; its
+channels, 44k parameters; next to an SD3 transformer, SD3's ``shift_factor`` 0.0609 and
+``scaling_factor`` 1.5305) and ``controlnet/`` (``ControlNetModel.from_unet`` of the pipeline's UNet; its
 conditioning embedding downsamples as the VAE does, so condition images are image-sized; its zero
 convolutions are set to small random values so that it changes the UNet's output, as a trained one
 would). ``save_condition_pairs`` and ``save_bide_pairs`` write random-image records with condition
@@ -51,6 +52,8 @@ def save_tiny_parts(path: str, denoiser, vae: bool = False, controlnet: bool = F
     index: Dict[str, List[str]] = {}
     if vae:
         autoencoder = tiny_autoencoder()
+        if type(denoiser).__name__ == "SD3Transformer2DModel":  # SD3's VAE scaling: shift, then scale
+            autoencoder.register_to_config(shift_factor=0.0609, scaling_factor=1.5305)
         autoencoder.save_pretrained(safe_join(path, "vae"), safe_serialization=True)
         index["vae"] = ["diffusers", "AutoencoderKL"]
     if controlnet:
