@@ -75,6 +75,17 @@ def test_each_unique_image_is_encoded_once_and_cached_equals_fresh(tmp_path, mod
     assert len(folders) == 1 and os.listdir(tmp_path / CACHE_DIR / folders[0]) == ["shard-00000.safetensors"]
 
 
+def test_a_fill_writes_shards_of_shard_size(tmp_path, monkeypatch):
+    import dpokit.scoring.diffusion.latents as latents
+
+    monkeypatch.setattr(latents, "SHARD_SIZE", 3)
+    encode_examples(examples(n=4), vae(), str(tmp_path), 0)  # 5 unique images: shards of 3 and 2
+    (folder,) = os.listdir(tmp_path / CACHE_DIR)
+    assert sorted(os.listdir(tmp_path / CACHE_DIR / folder)) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    counter = Counting(vae())
+    assert encode_examples(examples(n=4), counter.model, str(tmp_path), 0)["cached"] == 5 and counter.images == 0
+
+
 def test_the_draw_is_seeded_per_image(tmp_path):
     model = vae()
     image = examples()[0].images[0]

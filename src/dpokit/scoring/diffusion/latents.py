@@ -22,8 +22,9 @@ posterior ``std`` is small next to the mean, so the two agree closely).
 ``<image hash>.mean`` and ``<image hash>.std`` (float32). The image hash is a blake2b digest of the
 pixel tensor the VAE would see (after resizing, float32, with its shape); the VAE fingerprint hashes
 its config, its weights and the dtype it encodes in. A new VAE, another image size or another image
-gives new keys; nothing stale is reused. Each fill writes one new shard of the images it encoded, so a
-resumed or repeated run (same ``output_dir``) encodes nothing.
+gives new keys; nothing stale is reused. A fill writes the images it encoded as new shards of up to
+``SHARD_SIZE`` (1024) images each, so an interrupted fill keeps its finished shards and a resumed or
+repeated run (same ``output_dir``) encodes nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ...errors import ConfigError
 logger = logging.getLogger("dpokit")
 
 CACHE_DIR = "latent_cache"
+SHARD_SIZE = 1024  # images per cache shard
 SAMPLE_MODES = ("sample", "mean")
 
 
@@ -174,13 +176,14 @@ class LatentCache:
 
 
 @torch.no_grad()
-def encode_posteriors(vae, pixels: torch.Tensor, batch_size: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-    """``(mean, std)`` of ``vae.encode(x).latent_dist`` for each image of ``pixels`` [N, C, H, W]."""
+def encode_posteriors(vae, pixels: Sequence[torch.Tensor], batch_size: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(mean, std)`` of ``vae.encode(x).latent_dist`` for each image [C, H, W] of ``pixels``."""
     device = next(vae.parameters()).device
     dtype = next(vae.parameters()).dtype
+    batch_size = max(1, int(batch_size))
     out = []
-    for start in range(0, pixels.shape[0], max(1, int(batch_size))):
-        chunk = pixels[start:start + batch_size].to(device, dtype)
+    for start in range(0, len(pixels), batch_size):
+        chunk = torch.stack(list(pixels[start:start + batch_size])).to(device, dtype)
         dist = vae.encode(chunk).latent_dist
         for mean, std in zip(dist.mean, dist.std):
             out.append((mean.float().cpu(), std.float().cpu()))
@@ -206,9 +209,10 @@ def encode_examples(examples: Sequence[Any], vae, output_dir: str, seed: int, mo
             if key not in cache and key not in missing:
                 missing[key] = image
     cached = len({k for row in keys for k in row}) - len(missing)
-    if missing:
-        posteriors = encode_posteriors(vae, torch.stack(list(missing.values())), batch_size)
-        new = dict(zip(missing.keys(), posteriors))
+    todo = list(missing.items())
+    for start in range(0, len(todo), SHARD_SIZE):  # one shard per SHARD_SIZE images: a crash keeps the done part
+        part = todo[start:start + SHARD_SIZE]
+        new = dict(zip([k for k, _ in part], encode_posteriors(vae, [v for _, v in part], batch_size)))
         if write:
             cache.add(new)
         else:
