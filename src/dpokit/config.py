@@ -58,6 +58,10 @@ class DiffusionConfig:
     num_frames: Optional[int] = None  # video denoisers: every clip must have this many frames (default: any)
     sample_grids: int = 4  # after training: policy vs reference samples of this many captions (0: none)
     sample_steps: int = 20  # sampler steps of those samples (DDIM, or Euler for flow matching)
+    vae: str = "auto"  # auto: encode images with the pipeline's vae/ when it has one | none: pixel space
+    latent_sample: str = "sample"  # sample: one seeded draw of the VAE posterior per image | mean
+    vae_batch_size: int = 16  # images per VAE encoder call when the latent cache is filled
+    controlnet_scale: float = 1.0  # conditioning_scale of a pipeline's controlnet/ (frozen)
 
 
 @dataclass
@@ -212,6 +216,8 @@ CHOICES = {
     "diffusion.condition": ("auto", "text_encoder", "class_labels", "none"),
     "diffusion.x_t": ("forward", "ddim_inversion", "renoise"),
     "diffusion.inversion_model": ("policy", "reference"),
+    "diffusion.vae": ("auto", "none"),
+    "diffusion.latent_sample": ("sample", "mean"),
     "data.kind": ("pairs", "unpaired", "lists"),
     "data.pair_builder": ("best_vs_worst", "best_vs_each", "all_pairs", "margin"),
     "data.truncation_mode": ("keep_end", "keep_start"),

@@ -42,6 +42,8 @@ class DiffusionAssets:
         self.conditioner = conditioner
         self.root = root
         self.denoiser_folder = denoiser_folder
+        self.vae = None  # AutoencoderKL of a latent pipeline (dpokit.diffusion_parts)
+        self.control = None  # ControlNetResiduals of a pipeline with a controlnet/
 
     def save_pretrained(self, path: str) -> None:  # what a checkpoint stores next to the weights
         self.scheduler.save_pretrained(os.path.join(path, "scheduler"))
@@ -80,10 +82,14 @@ class DiffusionFamily:
             raise ConfigError(f"diffusion.num_frames: expected a positive integer, got {d.num_frames!r}")
         if d.timestep_range is not None and len(d.timestep_range) != 2:
             raise ConfigError(f"diffusion.timestep_range: expected [lo, hi), got {d.timestep_range}")
+        from .diffusion_parts import check_config
+
+        check_config(d)  # vae / ControlNet keys
 
     def load_policy(self, config):
         from .diffusion_models import (VIDEO_DENOISERS, apply_lora, build_conditioner, denoiser_dir, load_denoiser,
                                        load_scheduler)
+        from .diffusion_parts import load_parts
         from .models import DTYPES
 
         root = os.path.expanduser(config.model.name_or_path)
@@ -92,16 +98,21 @@ class DiffusionFamily:
         if config.model.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         conditioner = build_conditioner(root, config.diffusion.condition, config.diffusion.classes, model)
+        vae, control = load_parts(root, config.diffusion, model, DTYPES.get(config.model.dtype))
         if config.lora.enabled:
             model = apply_lora(model, config.lora)
-        return model, DiffusionAssets(load_scheduler(root), conditioner, root, os.path.relpath(path, root),
-                                      video=name in VIDEO_DENOISERS)
+        assets = DiffusionAssets(load_scheduler(root), conditioner, root, os.path.relpath(path, root),
+                                 video=name in VIDEO_DENOISERS)
+        assets.vae, assets.control = vae, control
+        return model, assets
 
     def load_data(self, trainer):
         import torch
 
+        from .data.conditions import check_bide_uniform, parse_conditioned_record
         from .data.images import load_image_examples
         from .data.video import load_video_examples
+        from .diffusion_parts import prepare_examples
 
         config = trainer.config
         d, size = config.data, config.diffusion.image_size
@@ -109,9 +120,12 @@ class DiffusionFamily:
             load = lambda source, limit=None: load_video_examples(  # noqa: E731
                 source, d.kind, size, limit, config.diffusion.num_frames)
         else:
-            load = lambda source, limit=None: load_image_examples(source, d.kind, size, limit)  # noqa: E731
+            parse = parse_conditioned_record  # + condition images and BideDPO records
+            load = lambda source, limit=None: load_image_examples(  # noqa: E731
+                source, d.kind, size, limit, parse=parse, check=check_bide_uniform)
         train, report = load(d.train, d.limit)
         evaluation = load(d.eval)[0] if d.eval else []
+        check_bide_uniform(train + evaluation)  # train and eval alike
         if not evaluation and d.eval_fraction > 0:
             perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.train.seed)).tolist()
             n_eval = max(1, int(len(train) * d.eval_fraction))
@@ -131,17 +145,22 @@ class DiffusionFamily:
         for position, ex in enumerate(evaluation):  # distinct noise seeds from the training examples
             ex.index = len(train) + position
         trainer.tokenizer.conditioner.to(trainer.accelerator.device)
+        latents = prepare_examples(trainer, train + evaluation)  # condition checks; VAE latents (cached)
         summary = f"{report['records']} records, {report['ties_dropped']} ties dropped, {len(train)} train, " \
                   f"{len(evaluation)} eval{built}"
+        if latents:
+            summary += f"; latents: {latents['encoded']} encoded, {latents['cached']} from the cache"
         return train, evaluation, DataPlan(), {"load": summary, "tokenize": "images (no tokenization)"}
 
     def collate(self, trainer, examples, training: bool = True):
+        from .data.conditions import condition_batch
         from .data.images import collate_images
         from .data.video import collate_videos
 
         draw = trainer.state["epoch"] if training and hasattr(trainer, "state") else 0
         collate = collate_videos if getattr(trainer.tokenizer, "video", False) else collate_images
         batch = collate(examples, [draw] * len(examples), trainer.tokenizer.conditioner)
+        batch.conditions.update(condition_batch(examples))  # ControlNet condition images, if any
         return batch.to(trainer.accelerator.device)
 
     def save_final(self, trainer) -> str:

@@ -130,6 +130,7 @@ def make_full_inputs(batch: int = 4, T: int = 6, seed: int = 0, dtype=torch.floa
                    "segment_reference_logps": -0.2 * torch.rand(batch, 2, segments, generator=diffusion,
                                                                 dtype=dtype),
                    "segment_labels": labels_f})
+    extras["bide_pair"] = torch.tensor([float(i % 2) for i in range(batch)], dtype=dtype)  # BideDPO pair kinds
     return LossInputs(
         policy_chosen_logps=ptw.sum(-1),
         policy_rejected_logps=ptl.sum(-1),

@@ -48,6 +48,7 @@ class ImageExample:
     scores: Optional[List[float]] = None
     extras: Dict[str, float] = field(default_factory=dict)
     location: str = ""
+    condition_image: Optional[torch.Tensor] = None  # [3, H, W] in [0, 1] (ControlNet; dpokit.data.conditions)
 
     @property
     def num_tokens(self) -> int:  # what length-grouped batch orders read; images have no length
@@ -192,9 +193,14 @@ def parse_image_record(location: str, record: Dict[str, Any], base_dir: str, kin
 
 
 def load_image_examples(source: str, kind: str = "pairs", size: Optional[int] = None,
-                        limit: Optional[int] = None) -> Tuple[List[ImageExample], Dict[str, int]]:
+                        limit: Optional[int] = None, parse: Optional[Callable] = None,
+                        check: Optional[Callable] = None) -> Tuple[List[ImageExample], Dict[str, int]]:
     """All records of ``source`` as :class:`ImageExample` (``index`` = position), and a report
-    ``{"records": n, "ties_dropped": k}``."""
+    ``{"records": n, "ties_dropped": k}``. ``parse`` (default :func:`parse_image_record`, same
+    arguments) may return one example, None (dropped tie) or a list of examples (one record, several
+    pairs: :mod:`dpokit.data.conditions`); ``check(examples)`` runs on all of them before the
+    check that every record has the same numeric fields (its error says more about its records)."""
+    parse = parse or parse_image_record
     if kind not in ("pairs", "lists"):
         raise ValueError(f"image data kind must be 'pairs' or 'lists', got {kind!r}")
     base_dir = os.path.dirname(os.path.abspath(os.fspath(source)))
@@ -202,16 +208,19 @@ def load_image_examples(source: str, kind: str = "pairs", size: Optional[int] = 
     records = ties = 0
     for location, record in iter_records(source):
         records += 1
-        example = parse_image_record(location, record, base_dir, kind, size)
+        example = parse(location, record, base_dir, kind, size)
         if example is None:
             ties += 1
             continue
-        example.index = len(examples)
-        examples.append(example)
+        for one in example if isinstance(example, list) else [example]:
+            one.index = len(examples)
+            examples.append(one)
         if limit is not None and len(examples) >= limit:
             break
     if not examples:
         raise DataError(os.path.basename(os.fspath(source)), None, "no usable image records")
+    if check is not None:
+        check(examples)
     check_extras_consistent(examples)
     return examples, {"records": records, "ties_dropped": ties}
 

@@ -43,6 +43,7 @@ from . import (  # noqa: E402
     value,
     diffusion,
     phygdpo,
+    bide,
 )
 from . import modifiers  # noqa: E402
 from .modifiers import ModifiedLoss, apply_modifiers, build_loss, list_modifiers  # noqa: E402
@@ -51,7 +52,7 @@ from .unpaired import kto_weight_warning  # noqa: E402
 
 FAMILIES = (pairwise, anchored, distributional, divergence, multi_objective, reference_free, regularized,
             token_level, unpaired, listwise, online, policy_gradient, process_reward, step_level, value,
-            diffusion, phygdpo)
+            diffusion, phygdpo, bide)
 
 __all__ = [
     "LossInputs",

@@ -65,19 +65,25 @@ def tiny_wan_transformer(channels: int = 3):
 
 def save_tiny_pipeline(path: str, denoiser: str = "unet", prediction_type: str = "epsilon", seed: int = 0,
                        captions: Sequence[str] = ("a red square", "a blue circle", "a green bar"),
-                       size: int = 8) -> str:
+                       size: int = 8, vae: bool = False, controlnet: bool = False) -> str:
+    """``vae``: add a tiny ``AutoencoderKL`` (``vae/``, 2x downsampling, 4 latent channels; the denoiser
+    then works on ``size/2`` latents) and ``controlnet``: a tiny ``ControlNetModel`` from the UNet
+    (``controlnet/``): :mod:`dpokit.tasks.tiny_latent`."""
     from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from .tiny_latent import LATENT_CHANNELS, save_tiny_parts
 
     torch.manual_seed(seed)
     os.makedirs(path, exist_ok=True)
     tokenizer, encoder = tiny_text_encoder(list(captions))
     tokenizer.save_pretrained(safe_join(path, "tokenizer"))
     encoder.save_pretrained(safe_join(path, "text_encoder"), safe_serialization=True)
+    sample, channels = (size // 2, LATENT_CHANNELS) if vae else (size, 3)
     if denoiser == "unet":
-        model, folder = tiny_unet2d_condition(size), "unet"
+        model, folder = tiny_unet2d_condition(sample, channels), "unet"
         scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
     elif denoiser in ("sd3", "wan"):
-        model = tiny_sd3_transformer(size) if denoiser == "sd3" else tiny_wan_transformer()
+        model = tiny_sd3_transformer(sample, channels) if denoiser == "sd3" else tiny_wan_transformer()
         folder, scheduler = "transformer", FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
     else:
         raise ValueError(f"denoiser must be 'unet', 'sd3' or 'wan', got {denoiser!r}")
@@ -86,6 +92,7 @@ def save_tiny_pipeline(path: str, denoiser: str = "unet", prediction_type: str =
     index = {"_class_name": "DiffusionPipeline", folder: ["diffusers", type(model).__name__],
              "scheduler": ["diffusers", type(scheduler).__name__], "text_encoder": ["transformers", "CLIPTextModel"],
              "tokenizer": ["transformers", "PreTrainedTokenizerFast"]}
+    index.update(save_tiny_parts(path, model, vae=vae, controlnet=controlnet, image_size=size))
     with open(safe_join(path, "model_index.json"), "w") as handle:
         json.dump(index, handle, indent=2)
     return path

@@ -135,6 +135,9 @@ class DiffusionScorer:
         if not 0 <= lo < hi <= total:
             raise ConfigError(f"diffusion scorer: timestep_range must satisfy 0 <= lo < hi <= {total}, got {(lo, hi)}")
         self.timestep_range = (int(lo), int(hi))
+        # control(x_t, t, conditions) -> conditions: adds what a frozen conditioning model computes at
+        # (x_t, t), once for policy and reference (ControlNet residuals: dpokit.diffusion_control)
+        self.control = None
 
     def external_parameters(self, model) -> List[Any]:
         return []
@@ -162,6 +165,8 @@ class DiffusionScorer:
             eps = self._inverted_noise(policy, reference, batch, x0, t, conditions, m)
         x_t, target = noised_and_target(self.scheduler, x0, eps, t, self.prediction_type)
         t = model_timesteps(self.scheduler, t, self.prediction_type).to(x_t.device)
+        if self.control is not None:  # once for policy and reference: what the frozen ControlNet adds
+            conditions = self.control(x_t, t, conditions)
         return x_t, t, target, conditions
 
     def _inverted_noise(self, policy, reference, batch, x0, t, conditions, m):
@@ -272,6 +277,7 @@ def diffusion_scorer(config, needs: Needs, scheduler, model) -> DiffusionScorer:
     seed = getattr(getattr(config, "train", None), "seed", 0) if config is not None else 0
     timestep_range = getattr(getattr(config, "diffusion", None), "timestep_range", None)
     encode = getattr(scheduler, "conditioner", None)
+    control = getattr(scheduler, "control", None)  # DiffusionAssets of a pipeline with a controlnet/
     scheduler = getattr(scheduler, "scheduler", scheduler)
     if not hasattr(scheduler, "add_noise") and not hasattr(scheduler, "scale_noise"):
         raise ConfigError("the diffusion scorer needs a noise scheduler with add_noise (e.g. diffusers "
@@ -279,6 +285,11 @@ def diffusion_scorer(config, needs: Needs, scheduler, model) -> DiffusionScorer:
     from .inversion import build_inversion
 
     inversion = build_inversion(config, scheduler, prediction_type(scheduler), seed) if config is not None else None
-    return DiffusionScorer(needs, scheduler, seed=seed,
-                           timestep_range=tuple(timestep_range) if timestep_range else None, inversion=inversion,
-                           encode=encode)
+    if inversion is not None and control is not None:
+        raise ConfigError(f"diffusion.x_t: {inversion.mode} is not supported with a ControlNet pipeline (the "
+                          "inversion would run without the ControlNet residuals); use diffusion.x_t: forward")
+    scorer = DiffusionScorer(needs, scheduler, seed=seed,
+                             timestep_range=tuple(timestep_range) if timestep_range else None, inversion=inversion,
+                             encode=encode)
+    scorer.control = control
+    return scorer
