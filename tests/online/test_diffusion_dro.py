@@ -193,6 +193,10 @@ def test_first_steps_match_the_reference_and_settings_are_checked():
         DROSettings.from_dict({"buffer_szie": 3})
     with pytest.raises(ConfigError, match="buffer_update_steps"):
         DROSettings.from_dict({"buffer_update_steps": 0})
+    parsed = DROSettings.from_dict({"lr": "5e-4", "buffer_update_steps": "8", "buffer_perturb_timesteps": "false"})
+    assert (parsed.lr, parsed.buffer_update_steps, parsed.buffer_perturb_timesteps) == (5e-4, 8, False)
+    with pytest.raises(ConfigError, match="margin must be a float"):
+        DROSettings.from_dict({"margin": "wide"})
     assert DROSettings().margin == 0.001 and DROSettings().buffer_update_steps == 16
 
 

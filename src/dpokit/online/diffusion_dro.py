@@ -75,7 +75,20 @@ class DROSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"diffusion_dro: unknown option(s) {unknown}; known: {sorted(known)}")
-        settings = cls(**values)
+        defaults = cls()
+        typed = {}
+        for key, value in values.items():
+            kind = type(getattr(defaults, key))
+            try:
+                if kind is bool and isinstance(value, str):
+                    if value.lower() not in ("true", "false", "1", "0"):
+                        raise ValueError(value)
+                    typed[key] = value.lower() in ("true", "1")
+                else:
+                    typed[key] = kind(float(value)) if kind is int else kind(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"diffusion_dro: {key} must be a {kind.__name__}, got {value!r}") from None
+        settings = cls(**typed)
         for name in ("batch_size", "buffer_size", "buffer_batch_size", "buffer_sample_steps", "buffer_update_steps",
                      "buffer_num_inference_steps"):
             if int(getattr(settings, name)) < 1:

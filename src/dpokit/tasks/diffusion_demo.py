@@ -216,7 +216,8 @@ def run_diffusion_demo(settings: DiffusionDemoSettings, log=print) -> Dict[str, 
     scorer.seed = settings.seed
     before = evaluate(model, reference, scheduler, scorer, task, heldout, settings, settings.prefer)
 
-    log(f"[3/4] preference training with {spec.name!r} {hparams} through the diffusion scorer")
+    shown = dict(settings.loss_hparams) if expert_method else hparams
+    log(f"[3/4] preference training with {spec.name!r} {shown}")
     n_experts = 0
     if expert_method:
         history, n_experts = expert_method(model, scheduler, task, settings, dict(settings.loss_hparams), log)
