@@ -69,9 +69,7 @@ def test_per_sample_stepping_equals_batched_sampler_on_a_shared_grid():
     grid = perturbed_timesteps(10, 4, 1000, perturb=False)
     out = sample_trajectories(model, buffer_sampler(scheduler), {}, x_T, grid)
     batched = buffer_sampler(scheduler)
-    batched.set_timesteps(10)
-    assert batched.timesteps.tolist() != grid[0].tolist() or True  # leading vs our grid: set explicitly below
-    batched.set_timesteps(timesteps=grid[0].tolist())
+    batched.set_timesteps(timesteps=grid[0].tolist())  # one scheduler, one batched step per grid point
     x = x_T
     with torch.no_grad():
         for t in batched.timesteps:
