@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -186,6 +187,7 @@ class DiffusionFamily:
                 import copy
 
                 model.save_pretrained(os.path.join(final, "adapter"), safe_serialization=True)
+                save_diffusers_lora(model, os.path.join(final, "adapter"), assets.denoiser_folder)
                 model = copy.deepcopy(model).merge_and_unload()
             model.save_pretrained(out, safe_serialization=True)
             self.write_samples(trainer)
@@ -201,3 +203,26 @@ class DiffusionFamily:
             write_run_samples(trainer, safe_join(trainer.output_dir, FOLDER))
         except Exception as err:  # the trained model is saved; a failed drawing must not lose the run
             logger.warning("sample grids not written: %s: %s", type(err).__name__, err)
+
+
+def save_diffusers_lora(model, folder: str, denoiser_folder: str) -> str:
+    """The adapter in the layout a diffusers pipeline's ``load_lora_weights(folder)`` reads:
+    ``pytorch_lora_weights.safetensors`` with the PEFT keys under the denoiser's prefix (``unet.`` or
+    ``transformer.``). PEFT's own ``adapter_model.safetensors`` has no such prefix, and
+    ``load_lora_weights`` would load nothing from it (with only a warning)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    prefix = denoiser_folder if denoiser_folder in ("unet", "transformer") else (
+        "transformer" if "Transformer" in type(model.get_base_model()).__name__ else "unet")
+    state = {}
+    for key, value in get_peft_model_state_dict(model).items():
+        key = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+        state[f"{prefix}.{key}"] = value.detach().contiguous().cpu()
+    config = model.peft_config[model.active_adapter].to_dict()  # rank and alpha, so the scaling round-trips
+    adapter = {f"{prefix}.{k}": (sorted(v) if isinstance(v, (set, list, tuple)) else v) for k, v in config.items()
+               if k in ("r", "lora_alpha", "target_modules", "lora_dropout", "bias", "use_rslora", "use_dora",
+                        "rank_pattern", "alpha_pattern")}
+    path = os.path.join(folder, "pytorch_lora_weights.safetensors")
+    save_file(state, path, metadata={"format": "pt", "lora_adapter_metadata": json.dumps(adapter, sort_keys=True)})
+    return path

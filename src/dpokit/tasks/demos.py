@@ -58,6 +58,7 @@ def _diffusion(args, hparams: dict, output_dir: str) -> int:
     if args.quick:
         settings.pretrain_steps, settings.samples_per_class, settings.dpo_epochs = 60, 32, 1
         settings.eval_per_class, settings.sample_steps = 16, 5
+        settings.dro_steps, settings.experts_per_class = 8, 8
     run_diffusion_demo(settings)
     return 0
 

@@ -36,6 +36,7 @@ from ..reference import ModelReference
 from ..scoring import build_scorer
 from ..scoring.diffusion import noised_and_target, per_sample_error, predict
 from .bimodal import BimodalTask, ddim_sample, noise_scheduler, tiny_unet
+from .diffusion_dro_demo import EXPERT_METHODS
 from .demo import format_table
 
 
@@ -57,6 +58,11 @@ class DiffusionDemoSettings:
     dpo_lr: float = 5e-5
     eval_per_class: int = 128
     sample_steps: int = 20
+    # Diffusion-DRO (--loss diffusion_dro): expert images of the preferred mode, online negatives
+    experts_per_class: int = 64
+    dro_steps: int = 200
+    dro_batch: int = 16
+    dro_lr: float = 1e-4
 
 
 def pretrain(model, scheduler, task: BimodalTask, steps: int, batch: int, lr: float, seed: int) -> float:
@@ -141,47 +147,8 @@ def evaluate(model, reference, scheduler, scorer, task: BimodalTask, heldout, se
     }
 
 
-def run_diffusion_demo(settings: DiffusionDemoSettings, log=print) -> Dict[str, Any]:
-    if settings.prefer not in ("A", "B"):
-        raise ValueError(f"prefer must be 'A' or 'B', got {settings.prefer!r}")
-    spec = get_spec(settings.loss)
-    if spec.needs.data != "pairs":
-        raise ValueError(f"`dpokit demo --modality diffusion --loss` takes a pairwise loss; {spec.name!r} trains on "
-                         f"{spec.needs.data} data")
-    hparams = dict(settings.loss_hparams)
-    if spec.needs.reference and "beta" in spec.defaults and "beta" not in hparams:
-        hparams["beta"] = settings.beta
-    loss_fn = get_loss(spec.name, **hparams)
-    started, cpu_started = time.time(), time.process_time()
-    out = settings.output_dir
-    os.makedirs(out, exist_ok=True)
-    torch.manual_seed(settings.seed)
-    task = BimodalTask()
-    scheduler = noise_scheduler()
-
-    log(f"[1/4] pretraining a tiny UNet2DModel on the bimodal task ({settings.pretrain_steps} steps)")
-    model = tiny_unet(task.num_classes, task.size, settings.seed)
-    mse = pretrain(model, scheduler, task, settings.pretrain_steps, settings.pretrain_batch, settings.pretrain_lr,
-                   settings.seed)
-    pretrained_dir = safe_join(out, "pretrained")
-    model.save_pretrained(pretrained_dir, safe_serialization=True)
-    scheduler.save_pretrained(pretrained_dir)
-    log(f"      denoising MSE {mse:.4f}; saved to {pretrained_dir}")
-
-    log(f"[2/4] sampling and pairing by the reward (preferred mode: {settings.prefer})")
-    train_dir, heldout_dir = safe_join(out, "pairs"), safe_join(out, "heldout_pairs")
-    n_train = build_pair_files(model, scheduler, task, settings, train_dir, settings.seed + 1)
-    build_pair_files(model, scheduler, task, settings, heldout_dir, settings.seed + 2)
-    train, report = load_image_examples(safe_join(train_dir, "pairs.jsonl"), size=task.size)
-    heldout, _ = load_image_examples(safe_join(heldout_dir, "pairs.jsonl"), size=task.size)
-    log(f"      {n_train} training pairs ({report['records']} records read back), {len(heldout)} held-out pairs")
-
-    reference = ModelReference(copy.deepcopy(model))
-    scorer = build_scorer(None, loss_fn.needs, scheduler, model, kind="diffusion")
-    scorer.seed = settings.seed
-    before = evaluate(model, reference, scheduler, scorer, task, heldout, settings, settings.prefer)
-
-    log(f"[3/4] preference training with {spec.name!r} {hparams} through the diffusion scorer")
+def pairwise_training(model, scorer, reference, loss_fn, task, train, settings, log):
+    """The pairs path: epochs of seeded batches of the image pairs through the diffusion scorer."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.dpo_lr, weight_decay=0.0)
     order = EpochBatchOrder([1] * len(train), settings.dpo_batch, settings.seed)
     step, history = 0, []
@@ -204,6 +171,60 @@ def run_diffusion_demo(settings: DiffusionDemoSettings, log=print) -> Dict[str, 
         last = history[-1]
         log(f"      epoch {epoch + 1}: loss {last['loss']:.4f}  mse_w-ref {last['mse_w_minus_ref']:+.5f}  "
             f"mse_l-ref {last['mse_l_minus_ref']:+.5f}")
+    return history, step
+
+
+def run_diffusion_demo(settings: DiffusionDemoSettings, log=print) -> Dict[str, Any]:
+    if settings.prefer not in ("A", "B"):
+        raise ValueError(f"prefer must be 'A' or 'B', got {settings.prefer!r}")
+    spec = get_spec(settings.loss)
+    if spec.needs.data != "pairs":
+        raise ValueError(f"`dpokit demo --modality diffusion --loss` takes a pairwise loss; {spec.name!r} trains on "
+                         f"{spec.needs.data} data")
+    hparams = dict(settings.loss_hparams)
+    if spec.needs.reference and "beta" in spec.defaults and "beta" not in hparams:
+        hparams["beta"] = settings.beta
+    if spec.name in EXPERT_METHODS:  # the online options (buffer sizes, ...) go to the method, not the loss
+        hparams = {k: v for k, v in hparams.items() if k in spec.defaults}
+    loss_fn = get_loss(spec.name, **hparams)
+    started, cpu_started = time.time(), time.process_time()
+    out = settings.output_dir
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    task = BimodalTask()
+    scheduler = noise_scheduler()
+
+    log(f"[1/4] pretraining a tiny UNet2DModel on the bimodal task ({settings.pretrain_steps} steps)")
+    model = tiny_unet(task.num_classes, task.size, settings.seed)
+    mse = pretrain(model, scheduler, task, settings.pretrain_steps, settings.pretrain_batch, settings.pretrain_lr,
+                   settings.seed)
+    pretrained_dir = safe_join(out, "pretrained")
+    model.save_pretrained(pretrained_dir, safe_serialization=True)
+    scheduler.save_pretrained(pretrained_dir)
+    log(f"      denoising MSE {mse:.4f}; saved to {pretrained_dir}")
+
+    expert_method = EXPERT_METHODS.get(spec.name)  # positives only, negatives sampled online
+    log(f"[2/4] sampling and pairing by the reward (preferred mode: {settings.prefer})")
+    train_dir, heldout_dir = safe_join(out, "pairs"), safe_join(out, "heldout_pairs")
+    n_train = 0 if expert_method else build_pair_files(model, scheduler, task, settings, train_dir, settings.seed + 1)
+    build_pair_files(model, scheduler, task, settings, heldout_dir, settings.seed + 2)
+    train = [] if expert_method else load_image_examples(safe_join(train_dir, "pairs.jsonl"), size=task.size)[0]
+    heldout, _ = load_image_examples(safe_join(heldout_dir, "pairs.jsonl"), size=task.size)
+    log(f"      {n_train} training pairs, {len(heldout)} held-out pairs (evaluation)")
+
+    reference = ModelReference(copy.deepcopy(model))
+    scorer = build_scorer(None, loss_fn.needs, scheduler, model, kind="diffusion")
+    scorer.seed = settings.seed
+    before = evaluate(model, reference, scheduler, scorer, task, heldout, settings, settings.prefer)
+
+    shown = dict(settings.loss_hparams) if expert_method else hparams
+    log(f"[3/4] preference training with {spec.name!r} {shown}")
+    n_experts = 0
+    if expert_method:
+        history, n_experts = expert_method(model, scheduler, task, settings, dict(settings.loss_hparams), log)
+        step = len(history)
+    else:
+        history, step = pairwise_training(model, scorer, reference, loss_fn, task, train, settings, log)
     final_dir = safe_join(out, "train", "final")
     model.save_pretrained(final_dir, safe_serialization=True)
     scheduler.save_pretrained(final_dir)
@@ -225,6 +246,7 @@ def run_diffusion_demo(settings: DiffusionDemoSettings, log=print) -> Dict[str, 
         "before": before,
         "after": after,
         "train_pairs": len(train),
+        **({"expert_images": n_experts} if expert_method else {}),
         "steps": step,
         "seconds": round(time.time() - started, 1),
         "cpu_seconds": round(time.process_time() - cpu_started, 1),
