@@ -122,3 +122,21 @@ def test_a_missing_or_mismatched_value_file_is_named(oreo_setup, tmp_path):
     assert os.path.basename(path) == VALUE_FILE
     with pytest.raises(CheckpointError, match="does not fit this value model"):
         ValueModel.from_checkpoint(policy, str(tmp_path))
+
+
+def test_a_sharded_engine_refuses_the_value_scorer_before_training():
+    """FSDP / DeepSpeed checkpoints do not hold the value model: such a run stops at setup."""
+    from types import SimpleNamespace
+
+    from dpokit.errors import ConfigError
+    from dpokit.train.checkpointing import CheckpointingMixin
+
+    class WithValue:
+        def checkpoint_state(self):
+            return {}
+
+    trainer = SimpleNamespace(sharded_state=True, engine_kind="fsdp", scorer=WithValue())
+    with pytest.raises(ConfigError, match="fsdp checkpoints do not hold"):
+        CheckpointingMixin._check_scorer_engine(trainer)
+    CheckpointingMixin._check_scorer_engine(SimpleNamespace(sharded_state=False, engine_kind="ddp", scorer=WithValue()))
+    CheckpointingMixin._check_scorer_engine(SimpleNamespace(sharded_state=True, engine_kind="fsdp", scorer=object()))

@@ -12,7 +12,7 @@ import logging
 from typing import Any, Dict, Optional
 
 from .. import distributed as dist_utils
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..models import load_causal_lm
 from ..paths import safe_join
 from . import checkpoint as ckpt
@@ -51,6 +51,15 @@ class CheckpointingMixin:
         self.accelerator.wait_for_everyone()
         self._saved = (self.state["step"], path or ckpt.step_path(self.checkpoint_dir, self.state["step"]))
         return path
+
+    def _check_scorer_engine(self) -> None:
+        """A scorer that trains a model of its own (the OREO value model) saves it beside the policy in a
+        single-process or DDP checkpoint; FSDP and DeepSpeed checkpoints would not hold it, so such a
+        run stops here, before training, not at its first checkpoint or its resume."""
+        if self.sharded_state and callable(getattr(self.scorer, "checkpoint_state", None)):
+            raise ConfigError(f"train.scorer: {type(self.scorer).__name__} trains a model of its own (the OREO value "
+                              f"model), which {self.engine_kind} checkpoints do not hold; run it in a "
+                              "single process or with DDP")
 
     def _scorer_state(self) -> Dict[str, Any]:
         """Files of models the scorer trains outside the policy (``checkpoint_state()``: the OREO value

@@ -106,6 +106,7 @@ class Trainer(CheckpointingMixin):
         self.engine_kind = dist_utils.engine_kind(self.accelerator)  # single | ddp | fsdp | fsdp2 | deepspeed
         # FSDP and DeepSpeed split model/optimizer state over processes: checkpoints go through accelerate
         self.sharded_state = self.engine_kind in ("fsdp", "fsdp2", "deepspeed")
+        self._check_scorer_engine()
         set_seed(t.seed)
         self.output_dir = t.output_dir
         self.is_main = self.accelerator.is_main_process
