@@ -134,6 +134,12 @@ class VisionLanguageFamily(CausalLMFamily):
     auto_class = "AutoModelForImageTextToText"
     text_diagnostics = False  # they read token ids only; the images would be missing
 
+    def check(self, config) -> None:
+        super().check(config)
+        if config.train.projection != "chunked":  # the vlm scorer has no fused projection
+            raise ConfigError(f"train.projection: {config.train.projection!r} is not served for model.kind: vlm "
+                              "(its scorer uses the chunked projection); leave it at 'chunked'")
+
     @staticmethod
     def eval_engine():
         from .scoring.vlm import VisionLogProbEngine

@@ -94,6 +94,8 @@ def test_preflight_refuses_what_the_vlm_path_does_not_serve(vlm_dir, pairs_file,
     check_run(from_dict({**base, "data": {"train": pairs_file, "kind": "lists"}, "loss": {"name": "plackett_luce"}}))
     with pytest.raises(ConfigError, match="model.kind"):
         from_dict({**base, "model": {"name_or_path": vlm_dir, "kind": "vision"}})
+    with pytest.raises(ConfigError, match="train.projection: 'liger' is not served for model.kind: vlm"):
+        check_run(from_dict({**base, "train": {"output_dir": str(tmp_path), "projection": "liger"}}))
 
 
 def test_a_model_directory_without_a_processor_is_a_config_error(tmp_path, pairs_file):
