@@ -73,8 +73,9 @@ def phygdpo_loss(inputs: LossInputs, beta: float = 2500.0, guidance: str = "insi
     Weights are detached. ``rank="full"`` replaces the winner-first term by the full Plackett-Luce
     ranking of the group (winner first, then the losers by descending score):
     ``-sum_k log(e^{r_(k)} / sum_{m >= k} e^{r_(m)})`` (with ``guidance`` ``"none"`` or ``"outside"``).
-    Identities: K = 2 with any guidance is ``dpo`` with the same beta (one loser has weight 1); the
-    full ranking with K = 2 is the same.
+    Identities: K = 2 with guidance ``"inside"`` or ``"none"`` is ``dpo`` with the same beta (one
+    loser has weight 1), and so is ``"outside"`` when every group's loser score is the same (then
+    ``omega_b = 1``; otherwise it is a per-group weighted ``dpo``); the full ranking with K = 2 is the same.
     [partial] UNVERIFIED against the paper: PhyGDPO has no released code and its equations were not
     read (only the abstract and reviews: a real-video winner, generated losers, a single-timestep
     Plackett-Luce bound, VLM physics rewards that "direct the optimization to focus on challenging
