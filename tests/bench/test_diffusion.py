@@ -68,3 +68,10 @@ def test_cli_end_to_end(capsys):
     assert report["ratios"]["official"]["pairs_per_s"] == 1.0
     for label, ratio in report["ratios"].items():
         assert ratio["first_step_loss_difference"] == pytest.approx(0.0, abs=1e-6), label
+
+
+@pytest.mark.parametrize("flag", [["--compare", "trl"], ["--dtype", "bfloat16"], ["--attn", "sdpa"],
+                                  ["--projection", "liger"]])
+def test_text_options_are_refused_not_ignored(tmp_path, flag):
+    with pytest.raises(SystemExit, match=f"{flag[0]} {flag[1]}: not available with --modality diffusion"):
+        diffusion.run(args(*flag), str(tmp_path))

@@ -321,6 +321,14 @@ def run(args, workdir: str) -> int:
 
     from .workers import quiet
 
+    # text options this benchmark does not read: refused when set, never silently ignored
+    for flag, value, default in (("--compare", getattr(args, "compare", None), None),
+                                 ("--dtype", getattr(args, "dtype", "float32"), "float32"),
+                                 ("--attn", getattr(args, "attn", "auto"), "auto"),
+                                 ("--projection", getattr(args, "projection", "chunked"), "chunked")):
+        if value != default:
+            raise SystemExit(f"{flag} {value}: not available with --modality diffusion (it times the tiny UNet in "
+                             "float32 against the official Diffusion-DPO step)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
