@@ -150,3 +150,20 @@ def test_run_loss_without_reference_is_skipped(rdpo_run, trained_run, capsys):
     assert code == 0 and result.get("loss") is None and result["loss_name"] == "rdpo"
     assert "the run's loss is not reported: loss 'rdpo[ld_alpha]' needs a reference model" in err
     assert any("needs a reference model" in note for note in result["notes"])
+
+
+def test_eval_of_a_diffusion_run_is_refused_with_the_reason(tmp_path, capsys):
+    """A diffusion run (final/ is a pipeline: model_index.json) is recognised as a run and refused
+    with where its held-out metrics are, not a traceback."""
+    import yaml
+
+    from dpokit.cli import main
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "model_index.json").write_text("{}")
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"kind": "diffusion", "name_or_path": "pipe"}}))
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"caption": "x", "chosen": "a.png", "rejected": "b.png"}\n')
+    assert main(["eval", "--model", str(run), "--data", str(data)]) == 2
+    assert "model.kind diffusion: dpokit eval scores language and vision-language models" in capsys.readouterr().err

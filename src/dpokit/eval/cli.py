@@ -177,6 +177,10 @@ def _cmd_eval(args) -> int:
     run_config = (run_config or {}) if kind in ("run", "checkpoint") else {}
     kind_of_model = model_kind(run_config, getattr(args, "model_kind", None))
     family = model_family(kind_of_model)
+    if not hasattr(family, "eval_engine"):  # e.g. diffusion: its held-out metrics are logged while training
+        raise EvalArgumentError(f"model.kind {kind_of_model}: dpokit eval scores language and vision-language "
+                                "models; a diffusion run's held-out metrics are the eval/* rows of its "
+                                "metrics.jsonl, and `dpokit report RUN_DIR` shows them with its sample grids")
     if not family.text_diagnostics and (args.prompts or args.explicit_rm or args.reward_model):
         raise EvalArgumentError(f"model.kind {kind_of_model}: --prompts, --explicit-rm and --reward-model read text "
                                 "prompts only; give --data (image-text pairs)")

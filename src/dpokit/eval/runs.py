@@ -157,8 +157,8 @@ def resolve_model_path(path: str) -> Tuple[str, Optional[str], Dict[str, Any]]:
             run = os.path.dirname(os.path.dirname(os.path.abspath(path)))
             return "checkpoint", run, read_config(run)
         train = training_dir(path)
-        if os.path.exists(os.path.join(train, "final", "config.json")):
-            return "run", train, read_config(train)
+        if any(os.path.exists(os.path.join(train, "final", name)) for name in ("config.json", "model_index.json")):
+            return "run", train, read_config(train)  # model_index.json: a diffusion pipeline's final/
     return "model", None, {}
 
 
