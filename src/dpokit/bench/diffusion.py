@@ -30,7 +30,6 @@ import gc
 import json
 import os
 import platform
-import subprocess
 import sys
 from typing import Any, Dict, List
 
@@ -278,33 +277,16 @@ WORKERS = {"official": official_worker, "dpokit": dpokit_worker, "cache": cache_
 
 
 def run_worker(path: str) -> int:
-    from .workers import quiet
+    from .workers import run_spec_worker
 
-    quiet()
-    with open(path) as handle:
-        spec = json.load(handle)
-    if spec.get("threads"):
-        import torch
-
-        torch.set_num_threads(spec["threads"])
-    result = WORKERS[spec["kind"]](spec)
-    with open(spec["result"], "w") as handle:
-        json.dump(result, handle)
-    return 0
+    return run_spec_worker(path, WORKERS)
 
 
 def spawn(spec: Dict[str, Any], workdir: str, label: str) -> Dict[str, Any]:
     """Run ``spec`` in a fresh ``python -m dpokit.bench.diffusion --worker SPEC`` process; its result."""
-    spec_path = os.path.join(workdir, f"spec-diffusion-{label}.json")
-    spec["result"] = os.path.join(workdir, f"result-diffusion-{label}.json")
-    with open(spec_path, "w") as handle:
-        json.dump(spec, handle)
-    proc = subprocess.run([sys.executable, "-m", "dpokit.bench.diffusion", "--worker", spec_path],
-                          env=dict(os.environ), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker {label!r} failed:\n{proc.stderr[-4000:]}")
-    with open(spec["result"]) as handle:
-        return json.load(handle)
+    from .workers import spawn_module
+
+    return spawn_module("dpokit.bench.diffusion", spec, workdir, label)
 
 
 # ---- the run -------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 from typing import Any, Dict, List
 
@@ -225,34 +224,16 @@ WORKERS = {"dpokit": dpokit_worker, "trl": trl_worker}
 
 
 def run_worker(path: str) -> int:
-    from .workers import quiet
+    from .workers import run_spec_worker
 
-    quiet()
-    with open(path) as handle:
-        spec = json.load(handle)
-    if spec.get("threads"):
-        import torch
-
-        torch.set_num_threads(spec["threads"])
-    result = WORKERS[spec["kind"]](spec)
-    with open(spec["result"], "w") as handle:
-        json.dump(result, handle)
-    return 0
+    return run_spec_worker(path, WORKERS)
 
 
 def spawn(spec: Dict[str, Any], workdir: str, label: str) -> Dict[str, Any]:
     """Run ``spec`` in a fresh ``python -m dpokit.bench.vlm --worker SPEC`` process; its result."""
-    spec_path = os.path.join(workdir, f"spec-vlm-{label}.json")
-    spec["result"] = os.path.join(workdir, f"result-vlm-{label}.json")
-    with open(spec_path, "w") as handle:
-        json.dump(spec, handle)
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, "-m", "dpokit.bench.vlm", "--worker", spec_path], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker {label!r} failed:\n{proc.stderr[-4000:]}")
-    with open(spec["result"]) as handle:
-        return json.load(handle)
+    from .workers import spawn_module
+
+    return spawn_module("dpokit.bench.vlm", spec, workdir, label)
 
 
 # ---- the run -------------------------------------------------------------------------------------

@@ -276,3 +276,35 @@ def spawn(spec: Dict[str, Any], workdir: str, label: str) -> Dict[str, Any]:
         if proc.returncode == 0 or "failed" in result:
             return result
     return failure(proc.returncode, proc.stderr, label)
+
+
+def run_spec_worker(path: str, workers: Dict[str, Any]) -> int:
+    """A modality benchmark's worker process: read the spec at ``path``, run ``workers[spec["kind"]]``,
+    write its result where the spec says."""
+    quiet()
+    with open(path) as handle:
+        spec = json.load(handle)
+    if spec.get("threads"):
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+    result = workers[spec["kind"]](spec)
+    with open(spec["result"], "w") as handle:
+        json.dump(result, handle)
+    return 0
+
+
+def spawn_module(module: str, spec: Dict[str, Any], workdir: str, label: str) -> Dict[str, Any]:
+    """Run ``spec`` in a fresh ``python -m MODULE --worker SPEC`` process; its result."""
+    name = module.rsplit(".", 1)[-1]
+    spec_path = os.path.join(workdir, f"spec-{name}-{label}.json")
+    spec["result"] = os.path.join(workdir, f"result-{name}-{label}.json")
+    with open(spec_path, "w") as handle:
+        json.dump(spec, handle)
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, "-m", module, "--worker", spec_path], env=env, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark worker {label!r} failed:\n{proc.stderr[-4000:]}")
+    with open(spec["result"]) as handle:
+        return json.load(handle)
