@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import DataError
 
@@ -49,6 +49,20 @@ def write_jsonl(path: str, rows: Sequence[dict]) -> None:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     os.replace(tmp, path)
+
+
+def save_safetensors_atomic(tensors: Dict[str, Any], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
+    """Write ``tensors`` to ``path`` as safetensors atomically: a temporary file unique to this process
+    (processes may write the same cache at once), then a rename; nothing half-written is left."""
+    from safetensors.torch import save_file
+
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def append_jsonl(path: str, rows: Sequence[dict]) -> None:

@@ -24,11 +24,12 @@ import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import distributed as dist
 from .data.collate import collate
 from .errors import ConfigError
+from .io import save_safetensors_atomic
 from .models import load_named
 from .paths import safe_join
 from .scoring.lm.projection import TokenLogprobs, scatter_rows
@@ -313,13 +314,7 @@ def save_store(store: Dict[int, List[torch.Tensor]], path: str) -> None:
         "flat": torch.cat(rows) if rows else torch.zeros(0),
         "completions": torch.tensor([len(store[k]) for k in keys], dtype=torch.long),
     }
-    tmp = f"{path}.{os.getpid()}.tmp"  # unique per process: ranks may write the same cache at once
-    try:
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_safetensors_atomic(tensors, path)  # ranks may write the same cache at once
 
 
 def load_store(path: str) -> Dict[int, List[torch.Tensor]]:

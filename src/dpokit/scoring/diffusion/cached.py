@@ -21,9 +21,10 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ...errors import ConfigError
+from ...io import save_safetensors_atomic
 from ...paths import safe_join
 
 logger = logging.getLogger("dpokit")
@@ -72,13 +73,7 @@ class PrecomputedDenoisingReference:
             values[row, :store[key].numel()] = store[key]
         tensors = {"keys": torch.tensor(keys, dtype=torch.long), "values": values,
                    "counts": torch.tensor([store[k].numel() for k in keys], dtype=torch.long)}
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            save_file(tensors, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_safetensors_atomic(tensors, path)
 
     @staticmethod
     def load(path: str) -> Dict[Tuple[int, int], torch.Tensor]:

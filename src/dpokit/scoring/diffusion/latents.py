@@ -160,7 +160,7 @@ class LatentCache:
         """Store ``new`` as one more shard (written to a temporary name, then renamed)."""
         if not new:
             return None
-        from safetensors.torch import save_file
+        from ...io import save_safetensors_atomic
 
         os.makedirs(self.folder, exist_ok=True)
         number = len(glob.glob(os.path.join(self.folder, "shard-*.safetensors")))
@@ -169,8 +169,7 @@ class LatentCache:
         for key, (mean, std) in new.items():
             tensors[f"{key}.mean"] = mean.contiguous()
             tensors[f"{key}.std"] = std.contiguous()
-        save_file(tensors, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        save_safetensors_atomic(tensors, path)
         self.entries.update(new)
         return path
 
