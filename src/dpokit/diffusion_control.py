@@ -19,40 +19,18 @@ pipeline, the image size.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Dict, Optional
 
 import torch
 
 from .data.conditions import CONTROL_KEY
+from .diffusion_models import load_frozen_part
 from .errors import ConfigError, DataError
 
 
 def load_controlnet(root: str, dtype: Optional[torch.dtype] = None):
     """The pipeline's ``controlnet/`` (``ControlNetModel``), frozen; None when there is none."""
-    path = os.path.join(root, "controlnet")
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return None
-    import diffusers
-
-    try:
-        with open(config) as handle:
-            name = json.load(handle).get("_class_name")
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"model.name_or_path: cannot read {config}: {err}") from None
-    if name != "ControlNetModel":
-        raise ConfigError(f"model.name_or_path: {config} names {name!r}; dpokit loads a ControlNetModel "
-                          "(for a UNet2DConditionModel denoiser)")
-    kwargs = {"use_safetensors": True}
-    if dtype is not None:
-        kwargs["torch_dtype"] = dtype
-    try:
-        model = diffusers.ControlNetModel.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"model.name_or_path: cannot load the ControlNetModel in {path}: {err}") from None
-    return model.eval().requires_grad_(False)
+    return load_frozen_part(root, "controlnet", "ControlNetModel", dtype, " (for a UNet2DConditionModel denoiser)")
 
 
 def check_denoiser(controlnet, denoiser) -> None:

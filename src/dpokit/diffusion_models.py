@@ -78,6 +78,34 @@ def load_denoiser(root: str, subfolder: Optional[str] = None, dtype: Optional[to
         raise ConfigError(f"model.name_or_path: cannot load the {name} in {path}: {err}") from None
 
 
+def load_frozen_part(root: str, folder: str, class_name: str, dtype: Optional[torch.dtype] = None,
+                     hint: str = ""):
+    """The pipeline's ``folder/`` (a diffusers model of class ``class_name``, safetensors), frozen and
+    in eval mode; None when the pipeline has no such folder. ``hint`` ends the message when the
+    folder holds another class."""
+    path = os.path.join(root, folder)
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return None
+    import diffusers
+
+    try:
+        with open(config) as handle:
+            name = json.load(handle).get("_class_name")
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name_or_path: cannot read {config}: {err}") from None
+    if name != class_name:
+        raise ConfigError(f"model.name_or_path: {config} names {name!r}; dpokit loads {class_name} there{hint}")
+    kwargs = {"use_safetensors": True}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    try:
+        model = getattr(diffusers, class_name).from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name_or_path: cannot load the {class_name} in {path}: {err}") from None
+    return model.eval().requires_grad_(False)
+
+
 def load_scheduler(root: str):
     import diffusers
 

@@ -133,3 +133,18 @@ def test_refusals():
         check_latent_channels(vae(), tiny_unet2d_condition(8, 3))
     with pytest.raises(ConfigError, match="latent_sample"):
         encode_examples(examples(), vae(), "/nonexistent", 0, mode="mode")
+
+
+def test_a_vae_or_controlnet_folder_of_another_class_is_refused(tmp_path):
+    from dpokit.diffusion_control import load_controlnet
+    from dpokit.errors import ConfigError
+    from dpokit.scoring.diffusion.latents import load_vae
+
+    assert load_vae(str(tmp_path)) is None and load_controlnet(str(tmp_path)) is None  # no folder: none
+    for folder in ("vae", "controlnet"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text('{"_class_name": "VQModel"}')
+    with pytest.raises(ConfigError, match=r"vae/config.json names 'VQModel'; dpokit loads AutoencoderKL there"):
+        load_vae(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"controlnet/config.json names 'VQModel'; dpokit loads ControlNetModel"):
+        load_controlnet(str(tmp_path))

@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ...diffusion_models import load_frozen_part
 from ...errors import ConfigError
 
 logger = logging.getLogger("dpokit")
@@ -49,29 +50,11 @@ SAMPLE_MODES = ("sample", "mean")
 
 def load_vae(root: str, dtype: Optional[torch.dtype] = None):
     """The pipeline's ``vae/`` (``AutoencoderKL``, safetensors), frozen; None when there is none."""
-    path = os.path.join(root, "vae")
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return None
-    import diffusers
-
-    try:
-        with open(config) as handle:
-            name = json.load(handle).get("_class_name")
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"model.name_or_path: cannot read {config}: {err}") from None
-    if name != "AutoencoderKL":
-        raise ConfigError(f"model.name_or_path: {config} names {name!r}; dpokit encodes latents with an "
-                          "AutoencoderKL (set diffusion.vae: none to train in pixel space)")
-    kwargs = {"use_safetensors": True}
-    if dtype is not None:
-        kwargs["torch_dtype"] = dtype
-    try:
-        vae = diffusers.AutoencoderKL.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"model.name_or_path: cannot load the AutoencoderKL in {path}: {err}") from None
-    check_scaling(vae)
-    return vae.eval().requires_grad_(False)
+    vae = load_frozen_part(root, "vae", "AutoencoderKL", dtype,
+                           " to encode latents (set diffusion.vae: none to train in pixel space)")
+    if vae is not None:
+        check_scaling(vae)
+    return vae
 
 
 def check_scaling(vae) -> None:
