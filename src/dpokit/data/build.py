@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -60,15 +60,18 @@ def _make_pair(item: RankedList, i: int, j: int) -> PreferencePair:
                           f"{item.location} (response {i} over {j})", item.prompt_ids, ids[i], ids[j])
 
 
-def pairs_from_list(item: RankedList, strategy: str = "best_vs_worst", min_margin: float = 0.0) -> List[PreferencePair]:
-    """The preference pairs ``strategy`` builds from one ranked list (see the module docstring)."""
+def ranked_pair_indices(scores: Sequence[float], key: Callable[[int], Any], strategy: str = "best_vs_worst",
+                        min_margin: float = 0.0) -> List[Tuple[int, int]]:
+    """``[(i, j), ...]``, member ``i`` preferred over member ``j``, that ``strategy`` builds from a list
+    with ``scores`` (the module docstring's rules). ``key(i)`` identifies member ``i``'s content: two
+    members with the same key are never paired, and each pair of keys is built once."""
     _check_builder(strategy, min_margin)
-    s = item.scores
+    s = scores
     order = sorted(range(len(s)), key=lambda i: (-s[i], i))  # best first, ties in list order
 
     def usable(i: int, j: int) -> bool:
         gap = s[i] - s[j]
-        return gap > 0 and gap >= min_margin and text_key(item.responses[i]) != text_key(item.responses[j])
+        return gap > 0 and gap >= min_margin and key(i) != key(j)
 
     if strategy == "best_vs_worst":
         best = [i for i in order if s[i] == s[order[0]]]
@@ -80,11 +83,16 @@ def pairs_from_list(item: RankedList, strategy: str = "best_vs_worst", min_margi
         candidates = [(i, j) for a, i in enumerate(order) for j in order[a + 1:] if usable(i, j)]
     seen, pairs = set(), []
     for i, j in candidates:
-        key = (text_key(item.responses[i]), text_key(item.responses[j]))
-        if key not in seen:
-            seen.add(key)
-            pairs.append(_make_pair(item, i, j))
+        if (key(i), key(j)) not in seen:
+            seen.add((key(i), key(j)))
+            pairs.append((i, j))
     return pairs
+
+
+def pairs_from_list(item: RankedList, strategy: str = "best_vs_worst", min_margin: float = 0.0) -> List[PreferencePair]:
+    """The preference pairs ``strategy`` builds from one ranked list (see the module docstring)."""
+    indices = ranked_pair_indices(item.scores, lambda i: text_key(item.responses[i]), strategy, min_margin)
+    return [_make_pair(item, i, j) for i, j in indices]
 
 
 def pairs_from_lists(items: Sequence[RankedList], strategy: str = "best_vs_worst",

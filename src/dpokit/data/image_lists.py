@@ -5,36 +5,26 @@ listwise losses as it is. A loss on pairs (``dpo``, ``ipo``, ``smpo``, ...) gets
 same rules as for text lists (:mod:`dpokit.data.build`): ``best_vs_worst`` (one pair per group),
 ``best_vs_each``, ``all_pairs`` or ``margin`` (every pair with a score gap >= ``data.min_margin``);
 only strictly ordered pairs with a gap >= ``min_margin``, never two identical images, ties in
-list order. A group that yields no pair is counted in the load report, not dropped silently.
+list order, each pair of images once. A group that yields no pair is counted in the load report, not dropped silently.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from typing import List, Sequence, Tuple
 
 import torch
 
-from .build import PAIR_BUILDERS
+from .build import ranked_pair_indices
 
 
 def pair_indices(scores: Sequence[float], images: torch.Tensor, strategy: str, min_margin: float = 0.0):
-    """``[(i, j), ...]``: image ``i`` preferred over image ``j``."""
-    if strategy not in PAIR_BUILDERS:
-        raise ValueError(f"unknown pair builder {strategy!r}; choose one of {', '.join(PAIR_BUILDERS)}")
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-
-    def usable(i: int, j: int) -> bool:
-        gap = scores[i] - scores[j]
-        return gap > 0 and gap >= min_margin and not torch.equal(images[i], images[j])
-
-    if strategy == "best_vs_worst":
-        best = [i for i in order if scores[i] == scores[order[0]]]
-        worst = [j for j in order if scores[j] == scores[order[-1]]]
-        return [(i, j) for i in best for j in worst if usable(i, j)][:1]
-    if strategy == "best_vs_each":
-        return [(order[0], j) for j in order[1:] if usable(order[0], j)]
-    return [(i, j) for a, i in enumerate(order) for j in order[a + 1:] if usable(i, j)]
+    """``[(i, j), ...]``: image ``i`` preferred over image ``j`` (two identical images are never paired,
+    and a repeated pair of images is built once)."""
+    keys = [hashlib.blake2b(image.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
+            for image in images]
+    return ranked_pair_indices(scores, keys.__getitem__, strategy, min_margin)
 
 
 def pairs_from_image_lists(examples: Sequence, strategy: str = "best_vs_worst",
