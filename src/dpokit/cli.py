@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="run the built-in alignment experiment (no downloads, a few minutes on CPU)")
-    p.add_argument("--loss", default="dpo", help="any registered pairwise loss (see `dpokit losses`)")
+    p.add_argument("--loss", default="dpo", help="any registered pairwise loss (see `dpokit losses`); with --modality "
+                   "diffusion also listwise ones (diffusion_rankdpo, phygdpo, ...) and diffusion_dro")
     p.add_argument("--hparam", action="append", metavar="KEY=VALUE", help="loss hyperparameter, e.g. beta=0.2")
     p.add_argument("--output-dir", default=DEMO_OUTPUT_DIR)
     p.add_argument("--seed", type=int, default=0)

@@ -3,10 +3,13 @@
 1. build a tiny class-conditional ``diffusers.UNet2DModel`` and a DDPM scheduler in-process, and
    pretrain it on the task's images (both modes, equally likely);
 2. sample images from it (DDIM, fixed noise), group them per class and pair the best with the worst
-   by the verifiable reward (mode A preferred, or mode B with ``prefer="B"``); write the pairs as PNG
-   files and a ``pairs.jsonl`` in the image-pairs format (:mod:`dpokit.data.images`) and read them back;
-3. train with the chosen pairwise loss (``dpo`` by default: Diffusion-DPO) through the diffusion
-   scorer (:mod:`dpokit.scoring.diffusion`), the pretrained model as frozen reference;
+   by the verifiable reward (mode A preferred, or mode B with ``prefer="B"``), each image with its
+   reward; write the pairs as PNG files and a ``pairs.jsonl`` in the image-pairs format
+   (:mod:`dpokit.data.images`), or for a listwise loss each group ranked best first in a
+   ``lists.jsonl`` (:mod:`.diffusion_demo_data`), and read them back;
+3. train with the chosen loss (``dpo`` by default: Diffusion-DPO) through the diffusion
+   scorer (:mod:`dpokit.scoring.diffusion`), the pretrained model as frozen reference (``inpo``:
+   on DDIM-inverted ``x_t``);
 4. evaluate before and after from the same initial noise: fraction of samples in the preferred
    mode, mean mode score, class accuracy (the factor that should not move), implicit-reward
    accuracy on held-out pairs; print a table and write ``summary.json``; the trained denoiser is in
@@ -28,7 +31,7 @@ from typing import Any, Dict, List
 import torch
 
 from ..data import EpochBatchOrder
-from ..data.images import collate_images, load_image_examples, to_pil
+from ..data.images import collate_images, load_image_examples
 from ..eval.sample_grids import FOLDER as GRIDS_FOLDER, save_sample_grids
 from ..losses import get_loss, get_spec
 from ..paths import safe_join
@@ -36,6 +39,7 @@ from ..reference import ModelReference
 from ..scoring import build_scorer
 from ..scoring.diffusion import noised_and_target, per_sample_error, predict
 from .bimodal import BimodalTask, ddim_sample, noise_scheduler, tiny_unet
+from .diffusion_demo_data import FILES, build_pair_files, build_record_files, demo_inversion, preference_score
 from .diffusion_dro_demo import EXPERT_METHODS
 from .demo import format_table
 
@@ -58,6 +62,7 @@ class DiffusionDemoSettings:
     dpo_lr: float = 5e-5
     eval_per_class: int = 128
     sample_steps: int = 20
+    inversion_steps: int = 5  # inverse DDIM steps of the methods that train on inverted x_t (inpo)
     # Diffusion-DRO (--loss diffusion_dro): expert images of the preferred mode, online negatives
     experts_per_class: int = 64
     dro_steps: int = 200
@@ -89,39 +94,6 @@ def pretrain(model, scheduler, task: BimodalTask, steps: int, batch: int, lr: fl
     return sum(losses[-20:]) / len(losses[-20:])
 
 
-def preference_score(task: BimodalTask, x: torch.Tensor, prefer: str) -> torch.Tensor:
-    score = task.mode_score(x)
-    return score if prefer == "A" else -score
-
-
-def build_pair_files(model, scheduler, task: BimodalTask, settings: DiffusionDemoSettings, folder: str,
-                     seed: int) -> int:
-    """Sample, pair best-vs-worst per group of the same class, write PNGs and ``pairs.jsonl``."""
-    n = settings.samples_per_class
-    classes = torch.arange(task.num_classes).repeat_interleave(n)
-    images = ddim_sample(model, scheduler, {"class_labels": classes}, len(classes), task.size, seed,
-                         settings.sample_steps)
-    scores = preference_score(task, images, settings.prefer)
-    os.makedirs(safe_join(folder, "images"), exist_ok=True)
-    rows = []
-    for c in range(task.num_classes):
-        for g in range(n // settings.group):
-            idx = torch.arange(c * n + g * settings.group, c * n + (g + 1) * settings.group)
-            best, worst = idx[scores[idx].argmax()], idx[scores[idx].argmin()]
-            if float(scores[best] - scores[worst]) < 0.1:  # a group in one mode: no clear preference
-                continue
-            names = []
-            for which, i in (("w", best), ("l", worst)):
-                name = f"images/{len(rows):05d}_{which}.png"
-                to_pil(images[i]).save(safe_join(folder, name))
-                names.append(name)
-            rows.append({"caption": f"class {c}", "chosen": names[0], "rejected": names[1]})
-    with open(safe_join(folder, "pairs.jsonl"), "w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    return len(rows)
-
-
 @torch.no_grad()
 def evaluate(model, reference, scheduler, scorer, task: BimodalTask, heldout, settings, prefer: str) -> Dict[str, float]:
     n = settings.eval_per_class
@@ -147,8 +119,20 @@ def evaluate(model, reference, scheduler, scorer, task: BimodalTask, heldout, se
     }
 
 
+def best_and_worst_gaps(inputs):
+    """``e_pi - e_ref`` of the preferred and of the dispreferred sample, batch means (pairs: chosen and
+    rejected; lists, written best first: the first and the last image)."""
+    if inputs.list_policy_logps is not None:
+        gap = -(inputs.list_policy_logps - inputs.list_reference_logps).detach()
+        last = inputs.list_mask.long().sum(-1, keepdim=True) - 1
+        return gap[:, 0].mean(), gap.gather(-1, last).mean()
+    return (-(inputs.policy_chosen_logps - inputs.reference_chosen_logps).detach().mean(),
+            -(inputs.policy_rejected_logps - inputs.reference_rejected_logps).detach().mean())
+
+
 def pairwise_training(model, scorer, reference, loss_fn, task, train, settings, log):
-    """The pairs path: epochs of seeded batches of the image pairs through the diffusion scorer."""
+    """The offline path: epochs of seeded batches of the image pairs (or ranked lists) through the
+    diffusion scorer."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.dpo_lr, weight_decay=0.0)
     order = EpochBatchOrder([1] * len(train), settings.dpo_batch, settings.seed)
     step, history = 0, []
@@ -163,11 +147,10 @@ def pairwise_training(model, scorer, reference, loss_fn, task, train, settings, 
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            d_w = -(inputs.policy_chosen_logps - inputs.reference_chosen_logps).mean()
-            d_l = -(inputs.policy_rejected_logps - inputs.reference_rejected_logps).mean()
-            history.append({"step": step, "loss": float(result.loss.mean()), "mse_w_minus_ref": float(d_w),
+            d_w, d_l = best_and_worst_gaps(inputs)
+            history.append({"step": step, "loss": float(result.loss.detach().mean()), "mse_w_minus_ref": float(d_w),
                             "mse_l_minus_ref": float(d_l),
-                            **{k: float(v) for k, v in result.metrics.items()}})
+                            **{k: float(torch.as_tensor(v).detach()) for k, v in result.metrics.items()}})
         last = history[-1]
         log(f"      epoch {epoch + 1}: loss {last['loss']:.4f}  mse_w-ref {last['mse_w_minus_ref']:+.5f}  "
             f"mse_l-ref {last['mse_l_minus_ref']:+.5f}")
@@ -178,9 +161,10 @@ def run_diffusion_demo(settings: DiffusionDemoSettings, log=print) -> Dict[str, 
     if settings.prefer not in ("A", "B"):
         raise ValueError(f"prefer must be 'A' or 'B', got {settings.prefer!r}")
     spec = get_spec(settings.loss)
-    if spec.needs.data != "pairs":
-        raise ValueError(f"`dpokit demo --modality diffusion --loss` takes a pairwise loss; {spec.name!r} trains on "
-                         f"{spec.needs.data} data")
+    if spec.needs.data not in FILES:
+        raise ValueError(f"`dpokit demo --modality diffusion --loss` takes a loss on pairs or ranked lists; "
+                         f"{spec.name!r} trains on {spec.needs.data} data")
+    kind = spec.needs.data
     hparams = dict(settings.loss_hparams)
     if spec.needs.reference and "beta" in spec.defaults and "beta" not in hparams:
         hparams["beta"] = settings.beta
@@ -206,15 +190,18 @@ def run_diffusion_demo(settings: DiffusionDemoSettings, log=print) -> Dict[str, 
     expert_method = EXPERT_METHODS.get(spec.name)  # positives only, negatives sampled online
     log(f"[2/4] sampling and pairing by the reward (preferred mode: {settings.prefer})")
     train_dir, heldout_dir = safe_join(out, "pairs"), safe_join(out, "heldout_pairs")
-    n_train = 0 if expert_method else build_pair_files(model, scheduler, task, settings, train_dir, settings.seed + 1)
+    n_train = 0 if expert_method else build_record_files(model, scheduler, task, settings, train_dir,
+                                                         settings.seed + 1, kind)
     build_pair_files(model, scheduler, task, settings, heldout_dir, settings.seed + 2)
-    train = [] if expert_method else load_image_examples(safe_join(train_dir, "pairs.jsonl"), size=task.size)[0]
+    train = [] if expert_method else load_image_examples(safe_join(train_dir, FILES[kind]), kind=kind,
+                                                         size=task.size)[0]
     heldout, _ = load_image_examples(safe_join(heldout_dir, "pairs.jsonl"), size=task.size)
-    log(f"      {n_train} training pairs, {len(heldout)} held-out pairs (evaluation)")
+    log(f"      {n_train} training {kind}, {len(heldout)} held-out pairs (evaluation)")
 
     reference = ModelReference(copy.deepcopy(model))
     scorer = build_scorer(None, loss_fn.needs, scheduler, model, kind="diffusion")
     scorer.seed = settings.seed
+    scorer.inversion = demo_inversion(spec.name, scheduler, settings)
     before = evaluate(model, reference, scheduler, scorer, task, heldout, settings, settings.prefer)
 
     shown = dict(settings.loss_hparams) if expert_method else hparams
@@ -245,7 +232,9 @@ def run_diffusion_demo(settings: DiffusionDemoSettings, log=print) -> Dict[str, 
         "loss_hparams": loss_fn.hparams,
         "before": before,
         "after": after,
-        "train_pairs": len(train),
+        "train_pairs": len(train),  # records: pairs, or ranked lists for a listwise loss
+        "train_data": "experts" if expert_method else kind,
+        "x_t": scorer.inversion.mode if scorer.inversion is not None else "forward",
         **({"expert_images": n_experts} if expert_method else {}),
         "steps": step,
         "seconds": round(time.time() - started, 1),
