@@ -79,7 +79,7 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False, revision:
     return processor
 
 
-def _grid_processor(name_or_path: str, trust_remote_code: bool, revision: Optional[str]):
+def _grid_processor(name_or_path: str, trust_remote_code: bool = False, revision: Optional[str] = None):
     """A patch-grid (Qwen2-VL style) processor from the saved tokenizer + image processor, or None."""
     from .data.grid_processor import GridImageProcessor
 

@@ -75,6 +75,7 @@ class Trainer(CheckpointingMixin):
                                    kind=config.train.scorer or self.family.scorer)
         if scorer_wrapper is not None:
             self.scorer = scorer_wrapper(self.scorer)
+        self._check_scorer_engine()  # before data, reference and training
         self._load_data()  # train_examples, eval_examples, data_plan, data_report
         if reference is None:
             reference = build_reference(config, self.loss_fn.needs, model, self.accelerator, self.scorer,
@@ -106,7 +107,6 @@ class Trainer(CheckpointingMixin):
         self.engine_kind = dist_utils.engine_kind(self.accelerator)  # single | ddp | fsdp | fsdp2 | deepspeed
         # FSDP and DeepSpeed split model/optimizer state over processes: checkpoints go through accelerate
         self.sharded_state = self.engine_kind in ("fsdp", "fsdp2", "deepspeed")
-        self._check_scorer_engine()
         set_seed(t.seed)
         self.output_dir = t.output_dir
         self.is_main = self.accelerator.is_main_process
