@@ -198,6 +198,7 @@ def test_first_steps_match_the_reference_and_settings_are_checked():
     assert DROSettings().margin == 0.001 and DROSettings().buffer_update_steps == 16
 
 
+@pytest.mark.slow
 def test_demo_with_diffusion_dro_quick(tmp_path):
     from dpokit.cli import main
 
