@@ -31,14 +31,13 @@ from .errors import ConfigError  # noqa: F401  (re-exported as dpokit.config.Con
 @dataclass
 class ModelConfig:
     name_or_path: str = ""
-    kind: str = "causal_lm"  # causal_lm | diffusion (dpokit.families: how the model, data and batches are handled)
+    kind: str = "causal_lm"  # causal_lm | vlm (docs/vlm.md) | diffusion (docs/diffusion.md): dpokit.families
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     trust_remote_code: bool = False
     attn_implementation: Optional[str] = None  # sdpa, eager, flex_attention, flash_attention_2, auto (dpokit.kernels)
     gradient_checkpointing: bool = False
     compile: bool = False
     revision: Optional[str] = None
-    kind: str = "causal_lm"  # causal_lm | vlm (processor, images in the data: docs/vlm.md) | diffusion (docs/diffusion.md)
     freeze_vision: bool = True  # vlm: the vision tower does not train (LoRA goes to the language model only)
 
 
