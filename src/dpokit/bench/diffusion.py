@@ -33,7 +33,7 @@ import platform
 import sys
 from typing import Any, Dict, List
 
-from .measure import PeakMemory, step_clock, sync
+from .measure import PeakMemory, timed_steps
 from .report import cpu_name, fastest
 
 CONFIGS = ("official", "dpokit", "dpokit+cached_ref")
@@ -151,11 +151,8 @@ def official_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     ref_unet = None if spec["lora"] else _load(spec, "reference").eval().requires_grad_(False)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0)
-    now = step_clock(spec)
-    times, losses = [], []
-    for batch in batches:
-        sync(device)
-        start = now()
+
+    def official_loss(batch):
         b = batch.images.shape[0]
         latents = torch.cat([batch.images[:, 0], batch.images[:, 1]])  # [w; l], 2B
         eps, t = draw_noise(latents.shape[1:], batch.indices.tolist(), batch.draws.tolist(), spec["seed"], (0, 1000))
@@ -174,15 +171,9 @@ def official_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
                 ref_pred = ref_unet(noisy, timesteps, cond).sample
             ref_losses = (ref_pred.float() - noise.float()).pow(2).mean(dim=[1, 2, 3])
             ref_diff = ref_losses[:b] - ref_losses[b:]
-        loss = -F.logsigmoid(-0.5 * spec["beta_dpo"] * (model_diff - ref_diff)).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        sync(device)
-        times.append(now() - start)
-    return {"times": times, "losses": losses, "peak_bytes": memory.peak_bytes(), "memory_method": memory.method}
+        return -F.logsigmoid(-0.5 * spec["beta_dpo"] * (model_diff - ref_diff)).mean()
+
+    return timed_steps(batches, official_loss, params, optimizer, spec, memory)
 
 
 def dpokit_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -208,20 +199,8 @@ def dpokit_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
         reference = ModelReference(_load(spec, "reference"))
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0)
-    now = step_clock(spec)
-    times, losses = [], []
-    for batch in batches:
-        sync(device)
-        start = now()
-        loss = loss_fn(scorer.loss_inputs(policy, batch, reference)).loss.mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        sync(device)
-        times.append(now() - start)
-    return {"times": times, "losses": losses, "peak_bytes": memory.peak_bytes(), "memory_method": memory.method}
+    return timed_steps(batches, lambda batch: loss_fn(scorer.loss_inputs(policy, batch, reference)).loss.mean(),
+                       params, optimizer, spec, memory)
 
 
 class _AdaptersOff:

@@ -98,6 +98,29 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed_steps(batches: Sequence[Any], loss_of: Callable[[Any], Any], params: Sequence[Any], optimizer,
+                spec: Mapping[str, Any], memory) -> dict:
+    """Each batch's whole step, timed with the spec's clock: ``loss_of(batch)`` -> backward -> clip
+    the gradient norm at 1.0 -> optimizer step. The worker's result: times, losses and peak memory."""
+    import torch
+
+    device = spec["device"]
+    now = step_clock(spec)
+    times, losses = [], []
+    for batch in batches:
+        sync(device)
+        start = now()
+        loss = loss_of(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        sync(device)
+        times.append(now() - start)
+    return {"times": times, "losses": losses, "peak_bytes": memory.peak_bytes(), "memory_method": memory.method}
+
+
 def matmul_peak_flops(device: str, dtype_name: str = "float32", size: Optional[int] = None, repeats: int = 5,
                       clock: str = "wall") -> float:
     """Best FLOP/s of square matmuls in ``dtype`` on ``device`` (2 n^3 FLOPs each), timed by the

@@ -31,7 +31,7 @@ import sys
 from typing import Any, Dict, List
 
 from ..kernels import resolve_attention
-from .measure import PeakMemory, step_clock, sync
+from .measure import PeakMemory, step_clock, timed_steps
 from .report import cpu_name, fastest, ratios
 from .workers import timed_trl_step, trl_trainer
 
@@ -157,22 +157,10 @@ def dpokit_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     engine = VisionLogProbEngine(loss_fn.needs, processor.tokenizer.pad_token_id, spec["layout"], spec["chunk_size"])
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0)
-    now = step_clock(spec)
-    times, losses = [], []
-    for batch in batches:
-        sync(device)
-        start = now()
-        loss = loss_fn(engine.loss_inputs(policy, batch, reference)).loss.mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        sync(device)
-        times.append(now() - start)
+    result = timed_steps(batches, lambda batch: loss_fn(engine.loss_inputs(policy, batch, reference)).loss.mean(),
+                         params, optimizer, spec, memory)
     ids = [[ex.prompt_ids + c for c in ex.completions] for batch in tokenized for ex in batch]
-    return {"times": times, "losses": losses, "peak_bytes": memory.peak_bytes(), "memory_method": memory.method,
-            "token_ids": ids, "images_per_step": int(batches[0].pixel_values.shape[0])}
+    return {**result, "token_ids": ids, "images_per_step": int(batches[0].pixel_values.shape[0])}
 
 
 def trl_worker(spec: Dict[str, Any]) -> Dict[str, Any]:

@@ -21,7 +21,7 @@ import time
 from typing import Any, Dict
 
 from ..kernels import resolve_attention
-from .measure import PeakMemory, step_clock, sync
+from .measure import PeakMemory, step_clock, sync, timed_steps
 
 
 def quiet() -> None:
@@ -99,22 +99,9 @@ def dpokit_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
                            spec.get("projection", "chunked"))
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0)
-    now = step_clock(spec)
-    times, losses = [], []
-    for batch in batches:
-        sync(device)
-        start = now()
-        # The whole step: engine -> loss -> backward -> clip -> AdamW.
-        out = loss_fn(engine.loss_inputs(policy, batch, reference))
-        loss = out.loss.mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        sync(device)
-        times.append(now() - start)
-    return {"times": times, "losses": losses, "peak_bytes": memory.peak_bytes(), "memory_method": memory.method}
+    # the whole step: engine -> loss -> backward -> clip -> AdamW
+    return timed_steps(batches, lambda batch: loss_fn(engine.loss_inputs(policy, batch, reference)).loss.mean(),
+                       params, optimizer, spec, memory)
 
 
 def trl_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
