@@ -138,6 +138,43 @@ def verdict(checks: Sequence[Tuple[str, Optional[bool]]]) -> str:
     return "\n".join(lines + [f"claim: {word}"])
 
 
+# ---- continual learning (continual.py, vlm_continual.py) -------------------------------------------
+CONTINUAL_DPO, CONTINUAL_PHI = "dpo", "phi_dpo (gamma 2)"
+CONTINUAL_METHODS = ((CONTINUAL_DPO, {"loss": "dpo"}),
+                     (CONTINUAL_PHI, {"loss": "phi_dpo", "loss_hparams": {"gamma": 2.0}}))
+
+
+def _continual_row(results, key: str, label: str) -> str:
+    cells = [interval(metric(results, m, key)) for m, _ in CONTINUAL_METHODS]
+    diff = paired(results, CONTINUAL_DPO, CONTINUAL_PHI, key)
+    return f"| {label} | " + " | ".join(cells) + f" | {interval(diff)} | {ci_text(diff)} |"
+
+
+def continual_table(results, tasks: Sequence[str]) -> List[str]:
+    """Forgetting, final average reward, backward transfer and the per-task rows, each method with its
+    interval and phi-DPO minus DPO paired by seed, then each method's per-seed forgetting."""
+    lines = ["| metric | " + " | ".join(m for m, _ in CONTINUAL_METHODS) + " | phi - dpo (paired) | 95% CI |",
+             "|---|" + "---|" * (len(CONTINUAL_METHODS) + 2),
+             _continual_row(results, "forgetting", "forgetting"),
+             _continual_row(results, "final_average_reward", "final average reward"),
+             _continual_row(results, "backward_transfer", "backward transfer")]
+    lines += [_continual_row(results, f"reward/{j}", f"final reward, task {j} ({name})") for j, name in enumerate(tasks)]
+    lines += [_continual_row(results, f"forgetting/{j}", f"forgetting, task {j} ({name})")
+              for j, name in enumerate(tasks[:-1])]
+    return ["\n".join(lines), ""]
+
+
+def per_seed_forgetting(results, label: str) -> str:
+    return f"per-seed forgetting, {label}: " + " / ".join(f"{results[label][s]['forgetting']:.3f}"
+                                                          for s in sorted(results[label]))
+
+
+def continual_verdict(results) -> str:
+    high = upper(paired(results, CONTINUAL_DPO, CONTINUAL_PHI, "forgetting"))
+    return verdict([("phi-DPO forgets less than DPO (CI of the forgetting difference below 0)",
+                     None if high is None else high < 0)])
+
+
 def finish(name: str, args, results, text: str, started: float, sweep: bool = True) -> Dict[str, Any]:
     """Print ``text``, write ``claim.json`` and (``sweep``: runs made through :func:`run_methods`) ``sweep.json``."""
     seconds = time.time() - started

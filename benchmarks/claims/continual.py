@@ -28,9 +28,7 @@ from dataclasses import replace
 
 import common
 
-DPO = "dpo"
-PHI = "phi_dpo (gamma 2)"
-METHODS = ((DPO, {"loss": "dpo"}), (PHI, {"loss": "phi_dpo", "loss_hparams": {"gamma": 2.0}}))
+DPO, PHI, METHODS = common.CONTINUAL_DPO, common.CONTINUAL_PHI, common.CONTINUAL_METHODS
 # `--quick`: a few steps on a tiny split; exercises the script end to end, proves nothing
 QUICK = {"n_train_prompts": 24, "n_eval_prompts": 8, "samples_per_prompt": 4, "eval_samples_per_prompt": 1,
          "warmup_steps": 10, "epochs": 1}
@@ -72,12 +70,6 @@ def identity_check(base, seed_dir: str, warmup: str, dpo_summary: dict, quiet) -
     return text, passed
 
 
-def _row(results, key: str, label: str) -> str:
-    cells = [common.interval(common.metric(results, m, key)) for m, _ in METHODS]
-    diff = common.paired(results, DPO, PHI, key)
-    return f"| {label} | " + " | ".join(cells) + f" | {common.interval(diff)} | {common.ci_text(diff)} |"
-
-
 def main(argv=None):
     from dpokit.tasks.continual import ContinualSettings, run_continual, warm_up
 
@@ -104,22 +96,10 @@ def main(argv=None):
         if seed == common.seeds_of(args)[0]:
             checks_text.append(identity_check(base, seed_dir, warmup, summaries[DPO], quiet))
     tasks = list(ContinualSettings().tasks)
-    lines = ["| metric | " + " | ".join(m for m, _ in METHODS) + " | phi - dpo (paired) | 95% CI |",
-             "|---|" + "---|" * (len(METHODS) + 2),
-             _row(results, "forgetting", "forgetting"),
-             _row(results, "final_average_reward", "final average reward"),
-             _row(results, "backward_transfer", "backward transfer")]
-    lines += [_row(results, f"reward/{j}", f"final reward, task {j} ({name})") for j, name in enumerate(tasks)]
-    lines += [_row(results, f"forgetting/{j}", f"forgetting, task {j} ({name})") for j, name in enumerate(tasks[:-1])]
-    text = ["\n".join(lines), ""]
-    for label, _ in METHODS:
-        per_seed = " / ".join(f"{results[label][s]['forgetting']:.3f}" for s in sorted(results[label]))
-        text.append(f"per-seed forgetting, {label}: {per_seed}")
+    text = common.continual_table(results, tasks) + [common.per_seed_forgetting(results, label)
+                                                     for label, _ in METHODS]
     text += [t for t, _ in checks_text]
-    diff = common.paired(results, DPO, PHI, "forgetting")
-    high = common.upper(diff)
-    text.append(common.verdict([("phi-DPO forgets less than DPO (CI of the forgetting difference below 0)",
-                                 None if high is None else high < 0)]))
+    text.append(common.continual_verdict(results))
     return common.finish("continual", args, results, "\n".join(text), started, sweep=False)
 
 

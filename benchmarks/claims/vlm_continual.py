@@ -30,18 +30,10 @@ from dataclasses import replace
 
 import common
 
-DPO = "dpo"
-PHI = "phi_dpo (gamma 2)"
-METHODS = ((DPO, {"loss": "dpo"}), (PHI, {"loss": "phi_dpo", "loss_hparams": {"gamma": 2.0}}))
+DPO, PHI, METHODS = common.CONTINUAL_DPO, common.CONTINUAL_PHI, common.CONTINUAL_METHODS
 # `--quick`: a few steps on a tiny split; exercises the script end to end, proves nothing
 QUICK = {"n_train": 24, "n_eval": 12, "warmup_steps": 20, "epochs": 1, "hidden_size": 32}
 TOLERANCE = 1e-6
-
-
-def _row(results, key: str, label: str) -> str:
-    cells = [common.interval(common.metric(results, m, key)) for m, _ in METHODS]
-    diff = common.paired(results, DPO, PHI, key)
-    return f"| {label} | " + " | ".join(cells) + f" | {common.interval(diff)} | {common.ci_text(diff)} |"
 
 
 def identity_check(base, out: str, dpo_first_row, quiet) -> str:
@@ -78,25 +70,15 @@ def main(argv=None):
             checks.append(identity_check(base, os.path.join(args.out, f"seed{seed}"),
                                          matrices[DPO][seed][1][0], quiet))
     tasks = list(VLMContinualSettings().tasks)
-    lines = ["| metric | " + " | ".join(m for m, _ in METHODS) + " | phi - dpo (paired) | 95% CI |",
-             "|---|" + "---|" * (len(METHODS) + 2),
-             _row(results, "forgetting", "forgetting"),
-             _row(results, "final_average_reward", "final average reward"),
-             _row(results, "backward_transfer", "backward transfer")]
-    lines += [_row(results, f"reward/{j}", f"final reward, task {j} ({name})") for j, name in enumerate(tasks)]
-    lines += [_row(results, f"forgetting/{j}", f"forgetting, task {j} ({name})") for j, name in enumerate(tasks[:-1])]
-    text = ["\n".join(lines), ""]
+    text = common.continual_table(results, tasks)
     for label, _ in METHODS:
-        per_seed = " / ".join(f"{results[label][s]['forgetting']:.3f}" for s in sorted(results[label]))
-        text.append(f"per-seed forgetting, {label}: {per_seed}")
+        text.append(common.per_seed_forgetting(results, label))
         for s in sorted(matrices[label]):
             warm, matrix = matrices[label][s]
             rows = " -> ".join("/".join(f"{r:.2f}" for r in row) for row in [warm] + matrix)
             text.append(f"  seed {s} rewards (warm-up -> after each task): {rows}")
     text += checks
-    high = common.upper(common.paired(results, DPO, PHI, "forgetting"))
-    text.append(common.verdict([("phi-DPO forgets less than DPO (CI of the forgetting difference below 0)",
-                                 None if high is None else high < 0)]))
+    text.append(common.continual_verdict(results))
     return common.finish("vlm_continual", args, results, "\n".join(text), started, sweep=False)
 
 
