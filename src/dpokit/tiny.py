@@ -20,6 +20,16 @@ CHAT_TEMPLATE = (
 )
 
 
+
+def seeded_model(model_class, config, seed: int):
+    """``model_class(config)`` with weights drawn from ``seed``; the global random state is left as it was."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return model_class(config)
+    finally:
+        torch.random.set_rng_state(state)
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, word_level: bool = False):
     """Train a tokenizer on ``texts``: byte-level BPE (any text) or word-level (whitespace words)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -98,13 +108,7 @@ def tiny_llama(
         config.bos_token_id = tokenizer.bos_token_id
         config.eos_token_id = tokenizer.eos_token_id
         config.pad_token_id = tokenizer.pad_token_id
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = model_class(config)
-    finally:
-        torch.random.set_rng_state(state)
-    return model
+    return seeded_model(model_class, config, seed)
 
 
 # ---- vision-language -------------------------------------------------------------------------
@@ -169,12 +173,7 @@ def tiny_llava(processor, hidden_size: int = 64, num_layers: int = 2, num_heads:
                          image_token_index=tokenizer.convert_tokens_to_ids(processor.image_token),
                          image_seq_length=(image_size // patch) ** 2, vision_feature_layer=-1,
                          vision_feature_select_strategy="default")
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = LlavaForConditionalGeneration(config)
-    finally:
-        torch.random.set_rng_state(state)
+    model = seeded_model(LlavaForConditionalGeneration, config, seed)
     model.config.use_cache = False
     return model
 
@@ -232,11 +231,6 @@ def tiny_qwen2_vl(processor, hidden_size: int = 32, num_layers: int = 2, num_hea
            zip(("vision_start_token_id", "image_token_id", "vision_end_token_id", "video_token_id"),
                QWEN_VISION_TOKENS)}
     config = config_class(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = model_class(config)
-    finally:
-        torch.random.set_rng_state(state)
+    model = seeded_model(model_class, config, seed)
     model.config.use_cache = False
     return model
