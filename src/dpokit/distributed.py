@@ -86,6 +86,8 @@ def barrier() -> None:
 def end_process_group() -> None:
     """Destroy the process group (at the end of a command; trainers leave it up for the next)."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:  # every process is done with the group before any tears it down
+            dist.barrier()
         dist.destroy_process_group()
 
 
