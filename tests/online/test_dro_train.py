@@ -112,6 +112,8 @@ def dro_config(model_dir, data, out, **sections):
     ({"diffusion": {"dro": {"lr": 0.1}}}, "set train.lr instead"),
     ({"diffusion": {"dro": {"buffer_sizes": 2}}}, "unknown option"),
     ({"diffusion": {"dro": {"buffer_update_steps": 0}}}, "buffer_update_steps must be >= 1"),
+    ({"train": {"save_every": 2}}, "writes no checkpoints"),
+    ({"reference": {"kind": "lora_disabled"}, "lora": {"enabled": True}}, "frozen copy"),
 ])
 def test_config_refusals(tmp_path, tiny_pipe, change, words):
     from dpokit.preflight import checked_config
@@ -119,7 +121,7 @@ def test_config_refusals(tmp_path, tiny_pipe, change, words):
     data, _ = write_experts(str(tmp_path / "data"))
     raw = dro_config(tiny_pipe, data, tmp_path / "run")
     for section, values in change.items():
-        raw[section] = values if section == "loss" else {**raw[section], **values}
+        raw[section] = values if section == "loss" else {**raw.get(section, {}), **values}
     with pytest.raises(ConfigError, match=words):
         checked_config(raw)
 
@@ -160,3 +162,27 @@ def test_dpokit_train_runs_diffusion_dro_and_writes_final(tmp_path, tiny_pipe, c
     # --resume is refused with its reason (the loop writes no checkpoints)
     assert main(["train", str(config), "--resume"]) == 2
     assert "writes no checkpoints" in capsys.readouterr().err
+
+
+def test_latent_pipeline_with_lora_trains_on_vae_latents(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from dpokit.config import from_dict
+    from dpokit.online.dro_run import run
+    from dpokit.preflight import checked_config
+    from dpokit.tasks.tiny_pipeline import save_tiny_pipeline
+
+    model_dir = save_tiny_pipeline(str(tmp_path / "pipe"), "unet", vae=True, captions=("a red square", "a blue circle"))
+    data, _ = write_experts(str(tmp_path / "data"))
+    raw = dro_config(model_dir, data, tmp_path / "run", train={"max_steps": 2},
+                     lora={"enabled": True, "r": 4, "alpha": 4, "dropout": 0.0})
+    config = checked_config(raw)
+    assert run(config)["status"] == "completed"
+    summary = json.load(open(tmp_path / "run" / "dro_run.json"))
+    assert summary["latents"]["encoded"] == 4  # four distinct expert images, each encoded once
+    final = tmp_path / "run" / "final"
+    assert {"unet", "vae", "adapter"} <= set(os.listdir(final))
+    trained = UNet2DConditionModel.from_pretrained(str(final / "unet"), use_safetensors=True)
+    assert trained.config.in_channels == 4
+    with pytest.raises(ConfigError, match="writes no checkpoints"):
+        run(from_dict(raw), resume=True)

@@ -15,9 +15,11 @@ does not run. What the config sets:
 
 Output: ``metrics.jsonl`` (one line per ``log_every`` steps), ``final/`` as every diffusion run
 writes it (:func:`dpokit.diffusion_family.write_final`, loadable with diffusers) and
-``dro_run.json`` (settings, expert count, lagged-copy refreshes).
+``dro_run.json`` (settings, expert count, lagged-copy refreshes). A latent pipeline (``vae/``, with
+``diffusion.vae: auto``) trains on the experts' VAE latents (``diffusion.latent_sample``, cached under
+``latent_cache/`` as for pair runs).
 Refused [partial]: ``--resume`` (the loop writes no checkpoints), an eval set, gradient
-accumulation, latent pipelines (``vae/``: experts are not encoded), ControlNet, video denoisers,
+accumulation, ControlNet, video denoisers,
 ``diffusion.x_t`` other than ``forward``, a reference other than a frozen copy, online rounds.
 """
 
@@ -76,6 +78,8 @@ def check(config, loss) -> None:
         (config.reference.kind not in ("auto", "copy") or bool(config.reference.precompute),
          "reference: the loop's reference is a frozen copy of the initial denoiser (kind auto or copy)"),
         (config.train.save_every > 0, "train.save_every: the loop writes no checkpoints, only final/"),
+        (config.train.mixed_precision in ("bf16", "fp16"),
+         "train.mixed_precision: the loop runs in model.dtype (set mixed_precision: no)"),
     ]
     for bad, message in refused:
         if bad:
@@ -92,6 +96,7 @@ def run(config, resume: bool = False) -> Dict[str, Any]:
     from ..diffusion_family import write_final
     from ..families import model_family
     from ..paths import safe_join
+    from ..scoring.diffusion.latents import encode_examples
     from .diffusion_dro import DiffusionDRO
 
     if resume:
@@ -100,20 +105,24 @@ def run(config, resume: bool = False) -> Dict[str, Any]:
     settings = dro_settings(config)
     torch.manual_seed(config.train.seed)
     model, assets = model_family("diffusion").load_policy(config)
-    for bad, what in ((assets.vae is not None, "a latent pipeline (vae/; set diffusion.vae: none only for a "
-                       "pixel-space denoiser)"), (assets.control is not None, "a ControlNet pipeline"),
-                      (assets.video, "a video denoiser")):
+    for bad, what in ((assets.control is not None, "a ControlNet pipeline"), (assets.video, "a video denoiser")):
         if bad:
             raise ConfigError(f"data.kind expert: the Diffusion-DRO loop does not serve {what} [partial]")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     examples, report = load_expert_images(config.data.train, config.diffusion.image_size, config.data.limit)
+    out = config.train.output_dir
+    os.makedirs(out, exist_ok=True)
+    if assets.vae is not None:  # a latent pipeline: the experts become (cached) VAE latents
+        d = config.diffusion
+        assets.vae.to(device)
+        report["latents"] = encode_examples(examples, assets.vae, out, config.train.seed, d.latent_sample,
+                                            d.vae_batch_size, write=True)
+        assets.vae.to("cpu")
     experts = torch.cat([ex.images for ex in examples]).to(device)
     assets.conditioner.to(device)
     conditions = {k: v.to(device) for k, v in assets.conditioner([ex.caption for ex in examples]).items()}
     model.to(device)
     trainer = DiffusionDRO(model, assets.scheduler, experts, conditions, settings)
-    out = config.train.output_dir
-    os.makedirs(out, exist_ok=True)
     metrics = safe_join(out, "metrics.jsonl")
     open(metrics, "w").close()  # a fresh run: no lines of an earlier one
     logger.info("Diffusion-DRO: %d expert images, %d steps", len(examples), config.train.max_steps)
@@ -123,8 +132,8 @@ def run(config, resume: bool = False) -> Dict[str, Any]:
             with open(metrics, "a") as handle:
                 handle.write(json.dumps({**row, "lagged_refreshes": len(trainer.refreshes)}) + "\n")
     final = write_final(assets, model, safe_join(out, "final"))
-    summary = {"settings": asdict(settings), "experts": report["records"], "steps": trainer.step,
-               "lagged_refreshes": trainer.refreshes}
+    summary = {"settings": asdict(settings), "experts": report["records"], "latents": report.get("latents"),
+               "steps": trainer.step, "lagged_refreshes": trainer.refreshes}
     with open(safe_join(out, "dro_run.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
     return {"status": "completed", "step": trainer.step, "final": final}
