@@ -26,6 +26,7 @@ def _quiet_libraries() -> None:
 
 def cmd_train(args) -> int:
     from .errors import CheckpointError, NonFiniteError
+    from .online.data_loops import data_loop
     from .online.loop import run_online
     from .preflight import checked_config
     from .train import Trainer
@@ -37,8 +38,12 @@ def cmd_train(args) -> int:
     else:
         config = checked_config(args.config, args.set or [])  # every check, before any model loads
     online = bool(config.online.strategy)  # generate -> judge -> train rounds (dpokit.online.loop)
+    loop = data_loop(config)  # data.kind expert: the Diffusion-DRO loop (dpokit.online.data_loops)
     try:
-        result = run_online(config, resume=args.resume) if online else Trainer(config).fit(resume=args.resume)
+        if loop is not None:
+            result = loop.run(config, resume=args.resume)
+        else:
+            result = run_online(config, resume=args.resume) if online else Trainer(config).fit(resume=args.resume)
     except (NonFiniteError, CheckpointError) as err:  # the run stopped with an explanation (and a checkpoint)
         print(f"dpokit: error: {err}", file=sys.stderr)
         return 3

@@ -61,6 +61,7 @@ class DiffusionConfig:
     latent_sample: str = "sample"  # sample: one seeded draw of the VAE posterior per image | mean
     vae_batch_size: int = 16  # images per VAE encoder call when the latent cache is filled
     controlnet_scale: float = 1.0  # conditioning_scale of a pipeline's controlnet/ (frozen)
+    dro: Optional[Dict[str, Any]] = None  # data.kind expert: Diffusion-DRO loop options (dpokit.online.dro_run)
 
 
 @dataclass
@@ -77,7 +78,7 @@ class DataConfig:
     train: Any = ""  # file path, hub id (or a datasets.Dataset in the Python API)
     eval: Any = None
     eval_fraction: float = 0.0  # held out from train when no eval set is given
-    kind: str = "pairs"  # pairs | unpaired | lists
+    kind: str = "pairs"  # pairs | unpaired | lists | expert (positives only: the Diffusion-DRO loop)
     split: str = "train"
     limit: Optional[int] = None
     max_length: int = 512
@@ -217,7 +218,7 @@ CHOICES = {
     "diffusion.inversion_model": ("policy", "reference"),
     "diffusion.vae": ("auto", "none"),
     "diffusion.latent_sample": ("sample", "mean"),
-    "data.kind": ("pairs", "unpaired", "lists"),
+    "data.kind": ("pairs", "unpaired", "lists", "expert"),
     "data.pair_builder": ("best_vs_worst", "best_vs_each", "all_pairs", "margin"),
     "data.truncation_mode": ("keep_end", "keep_start"),
     "data.on_bad_content": ("skip", "error"),

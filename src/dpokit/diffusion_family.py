@@ -65,8 +65,9 @@ class DiffusionFamily:
         denoiser_dir(root, config.diffusion.denoiser)
         scheduler_dir(root)
         d, r = config.diffusion, config.reference
-        if config.data.kind not in ("pairs", "lists"):
-            raise ConfigError(f"data.kind: {config.data.kind!r}: model.kind diffusion reads image pairs or lists")
+        if config.data.kind not in ("pairs", "lists", "expert"):
+            raise ConfigError(f"data.kind: {config.data.kind!r}: model.kind diffusion reads image pairs, lists "
+                              "or expert images (data.kind: expert, the Diffusion-DRO loop)")
         if r.kind == "path" or r.path:
             raise ConfigError("reference: model.kind diffusion takes reference.kind copy or lora_disabled (a "
                               "reference path is not supported for denoisers)")
@@ -169,27 +170,7 @@ class DiffusionFamily:
         final = safe_join(trainer.output_dir, "final")
         trainer.accelerator.wait_for_everyone()
         if trainer.is_main:
-            model: Any = trainer.accelerator.unwrap_model(trainer.model)
-            os.makedirs(final, exist_ok=True)
-            for name in os.listdir(assets.root):  # scheduler, text encoder, tokenizer, model_index.json
-                source = os.path.join(assets.root, name)
-                if assets.denoiser_folder != "." and name == assets.denoiser_folder:
-                    continue
-                if assets.denoiser_folder == "." and name not in ("scheduler", "text_encoder", "tokenizer"):
-                    continue
-                target = os.path.join(final, name)
-                if os.path.isdir(source):
-                    shutil.copytree(source, target, dirs_exist_ok=True)
-                elif os.path.isfile(source):
-                    shutil.copy2(source, target)
-            out = final if assets.denoiser_folder == "." else os.path.join(final, assets.denoiser_folder)
-            if hasattr(model, "merge_and_unload"):  # PEFT: the adapter, then the merged denoiser
-                import copy
-
-                model.save_pretrained(os.path.join(final, "adapter"), safe_serialization=True)
-                save_diffusers_lora(model, os.path.join(final, "adapter"), assets.denoiser_folder)
-                model = copy.deepcopy(model).merge_and_unload()
-            model.save_pretrained(out, safe_serialization=True)
+            write_final(assets, trainer.accelerator.unwrap_model(trainer.model), final)
             self.write_samples(trainer)
         trainer.accelerator.wait_for_everyone()
         return final
@@ -203,6 +184,32 @@ class DiffusionFamily:
             write_run_samples(trainer, safe_join(trainer.output_dir, FOLDER))
         except Exception as err:  # the trained model is saved; a failed drawing must not lose the run
             logger.warning("sample grids not written: %s: %s", type(err).__name__, err)
+
+
+def write_final(assets: DiffusionAssets, model: Any, final: str) -> str:
+    """``final/``: the trained denoiser in the input's layout (LoRA merged, the adapter under
+    ``final/adapter``) next to copies of the pipeline's other folders (scheduler, text encoder, ...)."""
+    os.makedirs(final, exist_ok=True)
+    for name in os.listdir(assets.root):  # scheduler, text encoder, tokenizer, model_index.json
+        source = os.path.join(assets.root, name)
+        if assets.denoiser_folder != "." and name == assets.denoiser_folder:
+            continue
+        if assets.denoiser_folder == "." and name not in ("scheduler", "text_encoder", "tokenizer"):
+            continue
+        target = os.path.join(final, name)
+        if os.path.isdir(source):
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        elif os.path.isfile(source):
+            shutil.copy2(source, target)
+    out = final if assets.denoiser_folder == "." else os.path.join(final, assets.denoiser_folder)
+    if hasattr(model, "merge_and_unload"):  # PEFT: the adapter, then the merged denoiser
+        import copy
+
+        model.save_pretrained(os.path.join(final, "adapter"), safe_serialization=True)
+        save_diffusers_lora(model, os.path.join(final, "adapter"), assets.denoiser_folder)
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    return final
 
 
 def save_diffusers_lora(model, folder: str, denoiser_folder: str) -> str:

@@ -23,6 +23,7 @@ from .families import model_family
 from .losses import build_loss
 from .losses.checks import check_loss
 from .online.catalog import STRATEGIES, check_options
+from .online.data_loops import data_loop
 from .preference.judges import JUDGES
 from .reference_fusion import check_fused
 from .scoring import check_scorer
@@ -35,6 +36,7 @@ class RunPlan:
 
     loss: Any
     needs: Any
+    loop: Any = None  # a loop of dpokit.online.data_loops that trains this data instead of the trainer
 
 
 def check_run(config: Config) -> RunPlan:
@@ -44,6 +46,10 @@ def check_run(config: Config) -> RunPlan:
         raise ConfigError(f"train.layout: {t.layout!r} is not one of {', '.join(sorted(LAYOUTS))}")
     resolve_mixed_precision(t.mixed_precision)  # fp16 without a GPU fails here
     loss = checked_loss(config.loss)
+    loop = data_loop(config)  # data the trainer does not read (data.kind expert): a loop of its own
+    if loop is not None:
+        loop.check(config, loss)
+        return RunPlan(loss=loss, needs=loss.needs, loop=loop)
     _check_data_kind(config, loss)
     try:  # the scorer kind and what it can serve (scorer registry, dpokit.scoring)
         check_scorer(config, loss.needs)

@@ -34,7 +34,7 @@ import yaml
 from .. import distributed as dist_utils
 from ..config import Config
 from ..data import EpochBatchOrder
-from ..errors import NonFiniteError
+from ..errors import ConfigError, NonFiniteError
 from ..families import model_family
 from ..losses import LossInputs
 from ..paths import safe_join
@@ -61,7 +61,11 @@ class Trainer(CheckpointingMixin):
         ``scorer_wrapper(scorer) -> scorer`` and ``param_groups(model) -> [{"params": [...], ...}]``:
         see the module docstring."""
         self.config = config
-        self.loss_fn = check_run(config).loss  # every cross-module check, before any model loads
+        plan = check_run(config)  # every cross-module check, before any model loads
+        if plan.loop is not None:
+            raise ConfigError(f"data.kind {config.data.kind!r} is not trained by the Trainer but by "
+                              f"{plan.loop.__name__}.run (dpokit train dispatches to it)")
+        self.loss_fn = plan.loss
         self.callbacks: List[Callback] = list(callbacks or []) + config_callbacks(config)  # options checked here
         self._setup_accelerator()
         self._policy_from_path = model is None
