@@ -110,26 +110,13 @@ def conflict_pairs(items, seed):
 def warm_up(model, processor, rows, steps, batch, seed):
     import torch
 
-    from dpokit.data.vision import collate_vision
     from dpokit.losses import get_spec
     from dpokit.scoring.vlm import VisionLogProbEngine
+    from dpokit.tasks.experiment import vision_sft_steps
 
-    tokenized = tokenize(rows, processor)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     engine = VisionLogProbEngine(get_spec("sft").needs, processor.tokenizer.pad_token_id, "prompt_shared")
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        picks = torch.randint(len(tokenized), (batch,), generator=generator).tolist()
-        full = collate_vision([tokenized[i] for i in picks])
-        groups = type(full.groups)((prompt, completions[:1]) for prompt, completions in full.groups)
-        groups.pixel_values = full.pixel_values
-        lp = engine.token_logprobs(model, groups)
-        loss = -(lp.sums / lp.lengths).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return float(loss.detach())
+    return vision_sft_steps(model, engine, tokenize(rows, processor), optimizer, steps, batch, seed)
 
 
 def train_dpo(model, reference, processor, rows, epochs, batch, seed):

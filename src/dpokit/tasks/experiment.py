@@ -132,7 +132,8 @@ def vision_sft_steps(model, engine, examples, optimizer, steps: int, batch_size:
         picks = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
         batch = collate_vision([examples[i] for i in picks])
         groups = type(batch.groups)((prompt, completions[:1]) for prompt, completions in batch.groups)
-        groups.pixel_values = batch.pixel_values
+        groups.pixel_values, groups.image_sizes = batch.pixel_values, batch.image_sizes
+        groups.image_grid_thw = batch.image_grid_thw  # patch grids (Qwen2-VL-style processors)
         lp = engine.token_logprobs(model, groups)
         loss = -(lp.sums / lp.lengths).mean()
         optimizer.zero_grad()
