@@ -26,7 +26,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import torch
 
@@ -40,6 +40,7 @@ from ..scoring import build_scorer
 from ..scoring.diffusion import noised_and_target, per_sample_error, predict
 from .bimodal import BimodalTask, ddim_sample, noise_scheduler, tiny_unet
 from .diffusion_demo_data import FILES, build_pair_files, build_record_files, demo_inversion, preference_score
+from .experiment import pretrain_denoiser
 from .diffusion_dro_demo import EXPERT_METHODS
 from .demo import format_table
 
@@ -72,26 +73,17 @@ class DiffusionDemoSettings:
 
 def pretrain(model, scheduler, task: BimodalTask, steps: int, batch: int, lr: float, seed: int) -> float:
     """Plain denoising (epsilon-MSE) training on fresh task samples; returns the last 20 steps' mean loss."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
     total = scheduler.config.num_train_timesteps
-    losses: List[float] = []
-    model.train()
-    for _ in range(steps):
+
+    def step_loss(generator):
         classes = torch.randint(0, task.num_classes, (batch,), generator=generator)
         x0 = task.sample(classes, generator)
         eps = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, total, (batch,), generator=generator)
         x_t, target = noised_and_target(scheduler, x0, eps, t)
-        loss = per_sample_error(predict(model, x_t, t, {"class_labels": classes}), target).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-    return sum(losses[-20:]) / len(losses[-20:])
+        return per_sample_error(predict(model, x_t, t, {"class_labels": classes}), target).mean()
+
+    return pretrain_denoiser(model, steps, lr, seed, step_loss)
 
 
 @torch.no_grad()

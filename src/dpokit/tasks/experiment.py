@@ -25,7 +25,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -141,6 +141,26 @@ def vision_sft_steps(model, engine, examples, optimizer, steps: int, batch_size:
         optimizer.step()
         nll = float(loss.detach())
     return nll
+
+
+def pretrain_denoiser(model, steps: int, lr: float, seed: int, step_loss) -> float:
+    """Plain denoising pretraining of a demo's tiny denoiser: ``steps`` AdamW steps (linear warm-up over
+    20 steps, then linear decay to 10%), gradient norm clipped at 1.0, each on ``step_loss(generator)``
+    (fresh task samples drawn from the seeded generator). Returns the last 20 steps' mean loss."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
+    losses: List[float] = []
+    model.train()
+    for _ in range(steps):
+        loss = step_loss(generator)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    return sum(losses[-20:]) / len(losses[-20:])
 
 
 def loss_hparams(spec, hparams: Dict[str, Any], beta: float) -> Dict[str, Any]:

@@ -34,6 +34,7 @@ from ..diffusion_sampling import sample
 from ..losses import get_loss
 from ..reference import ModelReference
 from ..scoring.diffusion import DiffusionScorer, model_timesteps, noised_and_target, per_sample_error, predict
+from .experiment import pretrain_denoiser
 
 TEXT_DIM = 16
 
@@ -93,25 +94,15 @@ def encode(captions: Sequence[str]) -> Dict[str, torch.Tensor]:
 
 
 def pretrain(model, scheduler, task: SegmentVideoTask, steps: int, batch: int, lr: float, seed: int) -> float:
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
-    losses: List[float] = []
-    model.train()
-    for _ in range(steps):
+    def step_loss(generator):
         x0 = task.sample(batch, generator)
         eps = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, 1000, (batch,), generator=generator)
         x_t, target = noised_and_target(scheduler, x0, eps, t, "flow")
-        loss = per_sample_error(predict(model, x_t, model_timesteps(scheduler, t, "flow"), condition(batch)),
+        return per_sample_error(predict(model, x_t, model_timesteps(scheduler, t, "flow"), condition(batch)),
                                 target).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-    return sum(losses[-20:]) / len(losses[-20:])
+
+    return pretrain_denoiser(model, steps, lr, seed, step_loss)
 
 
 def draw(model, scheduler, task: SegmentVideoTask, n: int, seed: int, steps: int) -> torch.Tensor:
