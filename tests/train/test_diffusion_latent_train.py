@@ -11,18 +11,13 @@ from dpokit.config import from_dict
 from dpokit.tasks.tiny_latent import save_bide_pairs, save_condition_pairs
 from dpokit.tasks.tiny_pipeline import save_image_pairs, save_tiny_pipeline
 
+from .test_diffusion_train import diffusion_config
+
 
 def config(model_dir, data, out, **sections):
-    raw = {
-        "model": {"name_or_path": str(model_dir), "kind": "diffusion", "dtype": "float32"},
-        "data": {"train": str(data), "eval_fraction": 0.25},
-        "loss": {"name": "dpo", "beta": 250.0},
-        "train": {"output_dir": str(out), "lr": 1e-3, "batch_size": 2, "epochs": 2, "report_to": [],
-                  "progress_bar": False, "mixed_precision": "no", "warmup_ratio": 0.0, "scheduler": "constant"},
-    }
-    for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values}
-    return from_dict(raw)
+    """The diffusion test config over 2 epochs (the latent cache is reused in the second)."""
+    sections["train"] = {"epochs": 2, **sections.get("train", {})}
+    return from_dict(diffusion_config(model_dir, data, out, **sections))
 
 
 @pytest.fixture

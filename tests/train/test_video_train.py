@@ -12,19 +12,13 @@ from dpokit.errors import ConfigError, DataError
 from dpokit.tasks.tiny_pipeline import save_tiny_pipeline
 from dpokit.tasks.tiny_video import save_video_pairs
 
+from .test_diffusion_train import diffusion_config
+
 
 def video_config(model_dir, data, out, **sections):
-    raw = {
-        "model": {"name_or_path": str(model_dir), "kind": "diffusion", "dtype": "float32"},
-        "data": {"train": str(data), "eval_fraction": 0.25},
-        "loss": {"name": "dpo", "beta": 250.0},
-        "diffusion": {"sample_steps": 4},
-        "train": {"output_dir": str(out), "lr": 1e-3, "batch_size": 2, "epochs": 1, "report_to": [],
-                  "progress_bar": False, "mixed_precision": "no", "warmup_ratio": 0.0, "scheduler": "constant"},
-    }
-    for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values}
-    return raw
+    """The diffusion test config with 4 sampler steps for the frame grids."""
+    sections["diffusion"] = {"sample_steps": 4, **sections.get("diffusion", {})}
+    return diffusion_config(model_dir, data, out, **sections)
 
 
 def test_train_wan_on_clip_pairs_with_frame_grids(tmp_path):

@@ -15,6 +15,8 @@ from dpokit.scoring.vlm.positions import rope_positions
 from dpokit.tasks import colours
 from dpokit.tiny import tiny_qwen2_vl, tiny_qwen2_vl_processor
 
+from .test_engine import _logps_and_grads
+
 GRAD_REL = 1e-5
 ANSWERS = ["red", "green blue", "yellow yellow red", "blue", "green"]
 
@@ -94,15 +96,6 @@ def test_padded_scorer_equals_the_models_own_forward(model, processor):
                 p = len(ex.prompt_ids)
                 expected.append(sum(logp[p - 1 + j, t] for j, t in enumerate(completion)))
     torch.testing.assert_close(got, torch.stack(expected), atol=1e-10, rtol=1e-10)
-
-
-def _logps_and_grads(model, batch, layout):
-    engine = VisionLogProbEngine(get_loss("dpo").needs, 0, layout)
-    model.zero_grad()
-    sums = engine.token_logprobs(model, batch.groups).sums
-    weights = torch.linspace(-1.0, 1.5, sums.numel(), dtype=sums.dtype)
-    (weights * sums).sum().backward()
-    return sums.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("layout", ["packed", "prompt_shared"])
