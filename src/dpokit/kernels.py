@@ -37,9 +37,10 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _has_flex() -> bool:
+def flex_available() -> bool:
+    """This torch has FlexAttention (``BlockMask``, ``create_block_mask``)."""
     try:
-        from torch.nn.attention.flex_attention import create_block_mask  # noqa: F401
+        from torch.nn.attention.flex_attention import BlockMask, create_block_mask  # noqa: F401
     except ImportError:
         return False
     return True
@@ -58,7 +59,7 @@ def choose_attention(layout: str, device: Union[str, torch.device, None] = None,
         return "sdpa"
     if layout == "packed" and dtype in _HALF and _installed("flash_attn"):
         return "flash_attention_2"
-    if layout == "prompt_shared" and _has_flex() and _installed("triton"):
+    if layout == "prompt_shared" and flex_available() and _installed("triton"):
         return "flex_attention"
     return "sdpa"
 

@@ -35,14 +35,6 @@ import torch
 _BLOCK = 128
 
 
-def flex_available() -> bool:
-    try:
-        from torch.nn.attention.flex_attention import BlockMask, create_block_mask  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _padded(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
     """``t`` [R, T] padded on the right to ``width`` (the mask builder and the kernel may index
     positions of the last, partial block)."""

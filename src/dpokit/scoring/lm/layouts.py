@@ -51,7 +51,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ...errors import ConfigError
-from .flex import block_mask, flex_available
+from ...kernels import flex_available
+from .flex import block_mask
 from .projection import RowGroup, rows_of
 
 logger = logging.getLogger(__name__)
