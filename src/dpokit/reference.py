@@ -292,7 +292,7 @@ def build_reference(config, needs, policy, accelerator, scorer, examples: Sequen
     if not sharded or kind == "lora_disabled":
         policy.to(accelerator.device)
     if hasattr(scorer, "precompute_reference"):  # denoisers: errors per (example, draw) (scoring.diffusion.cached)
-        cached = scorer.precompute_reference(config, reference, list(examples), accelerator.device,
+        cached = scorer.precompute_reference(config, reference, list(examples), cache_dir, accelerator.device,
                                              accelerator.num_processes)
         del reference
         return cached

@@ -52,7 +52,6 @@ diffusion counterpart here.
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -220,15 +219,13 @@ class DiffusionScorer:
                     segments["reference"] = segment_errors(ref_prediction, target, *plan).view(b, m, -1)
         return e_policy, e_reference
 
-    def precompute_reference(self, config, reference, examples, device=None, world_size: int = 1):
-        """The reference errors of ``examples`` at every draw of the run, computed once
-        (``reference.precompute``; :mod:`.cached`)."""
+    def precompute_reference(self, config, reference, examples, cache_dir: str, device=None, world_size: int = 1):
+        """The reference errors of ``examples`` at every draw of the run, computed once and stored
+        under ``cache_dir`` (``reference.precompute``; :mod:`.cached`)."""
         from .cached import precompute, run_draws
 
         if self.encode is None:
             raise ConfigError("reference.precompute: the diffusion scorer was built without a condition encoder")
-        cache_dir = config.reference.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "dpokit",
-                                                               "reference")
         n_train = sum(1 for _ in examples)
         return precompute(self, reference, examples, run_draws(config, n_train, world_size), self.encode,
                           config.train.batch_size, cache_dir, device)
